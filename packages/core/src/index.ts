@@ -1,0 +1,3 @@
+export * from './errors.js';
+export * from './operation-outcome.js';
+export * from './stable-json.js';

@@ -1,0 +1,3 @@
+export * from './interactions.js';
+export type * from './faults/types.js';
+export type * from './auth/types.js';
