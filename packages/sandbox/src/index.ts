@@ -1,3 +1,8 @@
 export * from './interactions.js';
+export * from './profile.js';
+export { startSandbox, FHIR_BASE_PATH, OAUTH_BASE_PATH, DEFAULT_TOKEN_TTL_SECONDS } from './server.js';
+export type { Sandbox, SandboxOptions, SandboxLogLine } from './server.js';
+export { MemoryStore } from './fhir/store.js';
+export type { WriteLogEntry, VersionRecord } from './fhir/store.js';
 export type * from './faults/types.js';
 export type * from './auth/types.js';

@@ -251,7 +251,7 @@ export async function startSandbox(input: SandboxOptions = {}): Promise<Sandbox>
       res.end();
       return;
     }
-    sendJson(res, answer.status, answer.body);
+    sendJson(res, answer.status, answer.body, undefined, answer.json);
   }
 
   function applyBeforeFault(req: IncomingMessage, res: ServerResponse, plan: FaultPlan): void {
@@ -424,8 +424,14 @@ function acceptsJson(accept: string): boolean {
   });
 }
 
-function sendJson(res: ServerResponse, status: number, body: unknown, contentType = 'application/fhir+json; charset=utf-8'): void {
-  const json = JSON.stringify(body);
+function sendJson(
+  res: ServerResponse,
+  status: number,
+  body: unknown,
+  contentType = 'application/fhir+json; charset=utf-8',
+  serialised?: string,
+): void {
+  const json = serialised ?? JSON.stringify(body);
   res.writeHead(status, { 'Content-Type': contentType, 'Content-Length': Buffer.byteLength(json) });
   res.end(json);
 }

@@ -36,6 +36,8 @@ export interface RestResponse {
   readonly headers?: Readonly<Record<string, string>>;
   /** True when the request changed server state (used by after-commit faults). */
   readonly wrote: boolean;
+  /** `body` already serialised (the store caches each version's JSON), to skip a second JSON.stringify. */
+  readonly json?: string | undefined;
 }
 
 /** A request's route: the resource type and interaction decide scope checks and fault matching. */
@@ -234,7 +236,7 @@ export class FhirRest {
   }
 
   #versionAnswer(v: VersionRecord, status: number): RestResponse {
-    return { status, body: v.resource, headers: versionHeaders(v), wrote: false };
+    return { status, body: v.resource, json: v.json, headers: versionHeaders(v), wrote: false };
   }
 
   #writeAnswer(v: VersionRecord, status: number, prefer: string | undefined): RestResponse {
@@ -252,7 +254,7 @@ export class FhirRest {
         body: { resourceType: 'OperationOutcome', issue: [{ severity: 'information', code: 'informational', diagnostics: 'OK' }] },
       };
     }
-    return { status, headers, wrote: true, body: v.resource };
+    return { status, headers, wrote: true, body: v.resource, json: v.json };
   }
 
   #checkWritable(resource: Resource, now: number): void {

@@ -1,0 +1,168 @@
+#!/usr/bin/env node
+import { readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { isTetherError } from '@tether/core';
+import { startSandbox, type SandboxClientConfig } from '@tether/sandbox';
+import { loadOrCreateDemoClient } from './demo-client.js';
+import { requestBackendToken } from './token.js';
+
+/** Exit codes of the `tether` CLI (documented in README and docs/cli.md). */
+export const ExitCode = { Ok: 0, Failure: 1, Usage: 2 } as const;
+
+/** Default data directory (relative to the working directory); `TETHER_DATA_DIR` overrides it. */
+export const DEFAULT_DATA_DIR = '.tether';
+
+function dataDir(): string {
+  return resolve(process.env['TETHER_DATA_DIR'] ?? DEFAULT_DATA_DIR);
+}
+
+function intOption(name: string, min: number, max: number) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!Number.isInteger(n) || n < min || n > max) {
+      throw new InvalidArgumentError(`${name} must be an integer from ${min} to ${max}.`);
+    }
+    return n;
+  };
+}
+
+function readJsonFile(kind: string, file: string): unknown {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch {
+    throw new InvalidArgumentError(`cannot read the ${kind} file ${file}`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new InvalidArgumentError(`the ${kind} file ${file} is not valid JSON`);
+  }
+}
+
+export function buildCli(): Command {
+  const program = new Command('tether')
+    .description('Tether: a resilient, durable integration engine between your app and EHRs.')
+    .version('0.1.0')
+    .showHelpAfterError()
+    .exitOverride();
+
+  program
+    .command('sandbox')
+    .description('Run the local sandbox EHR: a FHIR R4 server, an OAuth 2 server and seeded fault injection.')
+    .addOption(new Option('--port <port>', 'TCP port (0 = any free port)').default(8090).argParser(intOption('--port', 0, 65535)))
+    .option('--host <host>', 'interface to listen on', '127.0.0.1')
+    .addOption(new Option('--seed <n>', 'seed of the fault sequence (replayable)').default(1).argParser(intOption('--seed', 0, 2 ** 31 - 1)))
+    .option('--faults <file>', 'fault profile JSON (see docs/faults.md)')
+    .option('--clients <file>', 'OAuth clients JSON; default: a generated demo client in <data dir>/sandbox/demo-client.json')
+    .option('--profile <file>', 'server behaviour profile JSON (see docs/sandbox.md)')
+    .option('--no-auth', 'serve FHIR without tokens')
+    .addOption(new Option('--token-ttl <seconds>', 'access token lifetime').default(300).argParser(intOption('--token-ttl', 1, 86_400)))
+    .addOption(new Option('--refresh-mode <mode>', 'refresh token behaviour').choices(['rotate', 'keep', 'single-use']).default('rotate'))
+    .option('--snapshot <file>', 'load the store from this NDJSON file at start, save it at stop')
+    .option('--verbose', 'log every request as a JSON line on stderr (no PHI)')
+    .action(async (o: {
+      port: number; host: string; seed: number; faults?: string; clients?: string; profile?: string; auth: boolean;
+      tokenTtl: number; refreshMode: 'rotate' | 'keep' | 'single-use'; snapshot?: string; verbose?: boolean;
+    }) => {
+      let clients: SandboxClientConfig[] = [];
+      let demoFile: string | undefined;
+      if (o.clients) {
+        const parsed = readJsonFile('clients', o.clients);
+        if (!Array.isArray(parsed)) throw new InvalidArgumentError('the clients file must hold a JSON array');
+        clients = parsed as SandboxClientConfig[];
+      } else if (o.auth) {
+        demoFile = join(dataDir(), 'sandbox', 'demo-client.json');
+        clients = [(await loadOrCreateDemoClient(demoFile)).registration];
+      }
+      const sandbox = await startSandbox({
+        port: o.port,
+        host: o.host,
+        seed: o.seed,
+        auth: o.auth,
+        clients,
+        tokenTtlSeconds: o.tokenTtl,
+        refreshTokenMode: o.refreshMode,
+        ...(o.faults ? { faults: readJsonFile('faults', o.faults) } : {}),
+        ...(o.profile ? { profile: readJsonFile('profile', o.profile) } : {}),
+        ...(o.snapshot ? { snapshotFile: resolve(o.snapshot) } : {}),
+        ...(o.verbose ? { log: (line) => process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), ...line })}\n`) } : {}),
+      });
+      const lines = [
+        `Tether sandbox EHR (${sandbox.profile.name} profile, seed ${o.seed}) is running.`,
+        `  FHIR base URL:   ${sandbox.fhirBaseUrl}`,
+        `  Token endpoint:  ${sandbox.tokenEndpoint ?? '(auth off)'}`,
+        `  Write log:       ${sandbox.url}/_admin/write-log`,
+        `  Fault stats:     ${sandbox.url}/_admin/faults/stats`,
+      ];
+      if (demoFile) {
+        lines.push(
+          `  Demo client:     tether-demo (ES384 key in ${demoFile})`,
+          `  Get a token:     npx tether token --url ${sandbox.fhirBaseUrl}`,
+        );
+      }
+      lines.push('Press Ctrl+C to stop.');
+      process.stdout.write(`${lines.join('\n')}\n`);
+      await new Promise<void>((done) => {
+        const stop = (): void => {
+          process.off('SIGINT', stop);
+          process.off('SIGTERM', stop);
+          sandbox.close().then(done, done);
+        };
+        process.on('SIGINT', stop);
+        process.on('SIGTERM', stop);
+      });
+      process.stdout.write('Sandbox stopped.\n');
+    });
+
+  program
+    .command('token')
+    .description('Get an access token from a SMART backend-services token endpoint with a signed client assertion.')
+    .option('--url <fhirBaseUrl>', 'FHIR base URL (the token endpoint is discovered from .well-known/smart-configuration)', 'http://127.0.0.1:8090/fhir/R4')
+    .option('--client <file>', 'client file with client_id and private_jwk; default: the sandbox demo client')
+    .option('--scope <scope>', 'requested scope', 'system/*.read')
+    .action(async (o: { url: string; client?: string; scope: string }) => {
+      const file = o.client ?? join(dataDir(), 'sandbox', 'demo-client.json');
+      const client = readJsonFile('client', file) as { client_id?: string; private_jwk?: Record<string, unknown> };
+      if (!client.client_id || !client.private_jwk) {
+        throw new InvalidArgumentError(`${file} needs client_id and private_jwk`);
+      }
+      const discovery = await fetch(`${o.url.replace(/\/$/, '')}/.well-known/smart-configuration`);
+      if (!discovery.ok) throw new Error(`discovery failed with HTTP ${discovery.status}`);
+      const tokenEndpoint = ((await discovery.json()) as { token_endpoint?: string }).token_endpoint;
+      if (!tokenEndpoint) throw new Error('the SMART configuration has no token_endpoint');
+      const res = await requestBackendToken({ clientId: client.client_id, tokenEndpoint, privateJwk: client.private_jwk, scope: o.scope });
+      process.stdout.write(`${JSON.stringify(res.body, null, 2)}\n`);
+      if (res.status !== 200) process.exitCode = ExitCode.Failure;
+    });
+
+  return program;
+}
+
+/** Runs the CLI; never throws: prints a clear message and sets the exit code. */
+export async function main(argv: readonly string[]): Promise<number> {
+  const program = buildCli();
+  try {
+    await program.parseAsync([...argv], { from: 'user' });
+    return typeof process.exitCode === 'number' ? process.exitCode : ExitCode.Ok;
+  } catch (err) {
+    const e = err as { code?: string; exitCode?: number; message?: string };
+    if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return ExitCode.Ok;
+    if (typeof e.code === 'string' && e.code.startsWith('commander.')) return ExitCode.Usage;
+    if (isTetherError(err) && err.code === 'CONFIG_INVALID') {
+      process.stderr.write(`tether: ${err.message}\n`);
+      return ExitCode.Usage;
+    }
+    process.stderr.write(`tether: ${e.message ?? String(err)}\n`);
+    return ExitCode.Failure;
+  }
+}
+
+const isEntryPoint = process.argv[1] !== undefined && import.meta.url === new URL(`file://${resolve(process.argv[1])}`).href;
+if (isEntryPoint) {
+  main(process.argv.slice(2)).then(
+    (code) => process.exit(code),
+    () => process.exit(ExitCode.Failure),
+  );
+}
