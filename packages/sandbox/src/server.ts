@@ -158,9 +158,21 @@ export async function startSandbox(input: SandboxOptions = {}): Promise<Sandbox>
     }
 
     const plan: FaultPlan = faults.plan({ method, resourceType: route.resourceType, interaction: route.interaction, now: clock() });
+    // One log line per FHIR request, whatever path it took (answered, failed, reset or dropped by a fault).
+    res.once('close', () => {
+      log({
+        msg: 'sandbox.request',
+        method,
+        interaction: route.interaction,
+        resourceType: route.resourceType,
+        status: res.writableFinished ? res.statusCode : 0,
+        requestId,
+        ms: clock() - started,
+        ...(plan.fired.length > 0 ? { faults: plan.fired } : {}),
+      });
+    });
     if (plan.delayMs > 0) await sleep(plan.delayMs);
     if (plan.before) {
-      logRequest(method, route, 0, requestId, started, plan, 'before');
       return applyBeforeFault(req, res, plan);
     }
 
@@ -187,9 +199,9 @@ export async function startSandbox(input: SandboxOptions = {}): Promise<Sandbox>
           return sendError(res, 'AUTH_INSUFFICIENT_SCOPE', `The token has no scope that covers this interaction; needed: ${denied}.`);
         }
       }
-      return execute(req, res, route, query, requestId, started, plan, body);
+      return execute(req, res, route, query, requestId, plan, body);
     }
-    return execute(req, res, route, query, requestId, started, plan, undefined);
+    return execute(req, res, route, query, requestId, plan, undefined);
   }
 
   async function execute(
@@ -198,7 +210,6 @@ export async function startSandbox(input: SandboxOptions = {}): Promise<Sandbox>
     route: Route,
     query: URLSearchParams,
     requestId: string,
-    started: number,
     plan: FaultPlan,
     preread: unknown,
   ): Promise<void> {
@@ -233,18 +244,15 @@ export async function startSandbox(input: SandboxOptions = {}): Promise<Sandbox>
         effective,
       );
     } catch (err) {
-      logRequest(req.method ?? '', effective, err instanceof TetherError ? err.httpStatus : 500, requestId, started, plan);
       return sendThrown(res, err);
     }
     if (plan.after && (answer.wrote || WRITE_INTERACTIONS.has(effective.interaction))) {
-      logRequest(req.method ?? '', effective, answer.status, requestId, started, plan, 'after');
       if (plan.after.kind === 'drop') {
         res.socket?.destroy();
         return;
       }
       return sendError(res, 'FAULT_INJECTED_ERROR', 'Injected error after the request was applied.', plan.after.status);
     }
-    logRequest(req.method ?? '', effective, answer.status, requestId, started, plan);
     for (const [k, v] of Object.entries(answer.headers ?? {})) res.setHeader(k, v);
     if (answer.body === undefined) {
       res.writeHead(answer.status);
@@ -304,19 +312,6 @@ export async function startSandbox(input: SandboxOptions = {}): Promise<Sandbox>
     } catch (err) {
       return sendThrown(res, err);
     }
-  }
-
-  function logRequest(method: string, route: Route, status: number, requestId: string, started: number, plan: FaultPlan, fault?: string): void {
-    log({
-      msg: 'sandbox.request',
-      method,
-      interaction: route.interaction,
-      resourceType: route.resourceType,
-      status,
-      requestId,
-      ms: clock() - started,
-      ...(plan.fired.length > 0 ? { faults: plan.fired, faultPhase: fault } : {}),
-    });
   }
 
   async function readBody(req: IncomingMessage, res: ServerResponse): Promise<{ ok: true; body: unknown } | { ok: false }> {

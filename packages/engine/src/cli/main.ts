@@ -1,8 +1,7 @@
-#!/usr/bin/env node
 import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { isTetherError } from '@tether/core';
+import { isTetherError, TetherError } from '@tether/core';
 import { startSandbox, type SandboxClientConfig } from '@tether/sandbox';
 import { loadOrCreateDemoClient } from './demo-client.js';
 import { requestBackendToken } from './token.js';
@@ -32,12 +31,12 @@ function readJsonFile(kind: string, file: string): unknown {
   try {
     text = readFileSync(file, 'utf8');
   } catch {
-    throw new InvalidArgumentError(`cannot read the ${kind} file ${file}`);
+    throw new TetherError('CONFIG_INVALID', `cannot read the ${kind} file ${file}`);
   }
   try {
     return JSON.parse(text);
   } catch {
-    throw new InvalidArgumentError(`the ${kind} file ${file} is not valid JSON`);
+    throw new TetherError('CONFIG_INVALID', `the ${kind} file ${file} is not valid JSON`);
   }
 }
 
@@ -70,7 +69,7 @@ export function buildCli(): Command {
       let demoFile: string | undefined;
       if (o.clients) {
         const parsed = readJsonFile('clients', o.clients);
-        if (!Array.isArray(parsed)) throw new InvalidArgumentError('the clients file must hold a JSON array');
+        if (!Array.isArray(parsed)) throw new TetherError('CONFIG_INVALID', 'the clients file must hold a JSON array');
         clients = parsed as SandboxClientConfig[];
       } else if (o.auth) {
         demoFile = join(dataDir(), 'sandbox', 'demo-client.json');
@@ -126,7 +125,7 @@ export function buildCli(): Command {
       const file = o.client ?? join(dataDir(), 'sandbox', 'demo-client.json');
       const client = readJsonFile('client', file) as { client_id?: string; private_jwk?: Record<string, unknown> };
       if (!client.client_id || !client.private_jwk) {
-        throw new InvalidArgumentError(`${file} needs client_id and private_jwk`);
+        throw new TetherError('CONFIG_INVALID', `${file} needs client_id and private_jwk`);
       }
       const discovery = await fetch(`${o.url.replace(/\/$/, '')}/.well-known/smart-configuration`);
       if (!discovery.ok) throw new Error(`discovery failed with HTTP ${discovery.status}`);
@@ -150,19 +149,11 @@ export async function main(argv: readonly string[]): Promise<number> {
     const e = err as { code?: string; exitCode?: number; message?: string };
     if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return ExitCode.Ok;
     if (typeof e.code === 'string' && e.code.startsWith('commander.')) return ExitCode.Usage;
-    if (isTetherError(err) && err.code === 'CONFIG_INVALID') {
+    if (isTetherError(err) && err.category === 'config') {
       process.stderr.write(`tether: ${err.message}\n`);
       return ExitCode.Usage;
     }
     process.stderr.write(`tether: ${e.message ?? String(err)}\n`);
     return ExitCode.Failure;
   }
-}
-
-const isEntryPoint = process.argv[1] !== undefined && import.meta.url === new URL(`file://${resolve(process.argv[1])}`).href;
-if (isEntryPoint) {
-  main(process.argv.slice(2)).then(
-    (code) => process.exit(code),
-    () => process.exit(ExitCode.Failure),
-  );
 }
