@@ -1,3 +1,4 @@
 export * from './errors.js';
 export * from './operation-outcome.js';
 export * from './stable-json.js';
+export * from './smart-scopes.js';

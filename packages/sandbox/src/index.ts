@@ -4,5 +4,5 @@ export { startSandbox, FHIR_BASE_PATH, OAUTH_BASE_PATH, DEFAULT_TOKEN_TTL_SECOND
 export type { Sandbox, SandboxOptions, SandboxLogLine } from './server.js';
 export { MemoryStore } from './fhir/store.js';
 export type { WriteLogEntry, VersionRecord } from './fhir/store.js';
-export type * from './faults/types.js';
+export * from './faults/index.js';
 export type * from './auth/types.js';

@@ -10,7 +10,8 @@ import { ensureDefinitions } from './fhir/definitions.js';
 import { FhirRest, resolveRoute, type RestResponse, type Route } from './fhir/rest.js';
 import { MemoryStore, type Resource, type VersionRecord } from './fhir/store.js';
 import { createFaultInjector } from './faults/injector.js';
-import type { FaultInjector, FaultPlan } from './faults/types.js';
+import type { SeededFaultInjector } from './faults/injector.js';
+import type { FaultPlan } from './faults/types.js';
 import { Interaction, WRITE_INTERACTIONS } from './interactions.js';
 import { parseSandboxProfile, type SandboxProfile } from './profile.js';
 import { checkScope } from './scope-check.js';
@@ -35,7 +36,7 @@ const optionsSchema = z
     /** TCP port; 0 picks a free one. */
     port: z.number().int().min(0).max(65535).default(0),
     /** Seed of the fault injector's random sequence. */
-    seed: z.number().int().default(1),
+    seed: z.number().int().min(0).max(0xffffffff).default(1),
     /** Fault profile (see docs/faults.md). */
     faults: z.unknown().optional(),
     /** Server behaviour switches (see SandboxProfile). */
@@ -69,7 +70,7 @@ export interface Sandbox {
   readonly tokenEndpoint: string | undefined;
   readonly port: number;
   readonly store: MemoryStore;
-  readonly faults: FaultInjector;
+  readonly faults: SeededFaultInjector;
   readonly auth: SandboxAuthServer | undefined;
   readonly profile: SandboxProfile;
   /** Saves a snapshot now (when `snapshotFile` is set). */
@@ -103,9 +104,16 @@ export async function startSandbox(input: SandboxOptions = {}): Promise<Sandbox>
     profile,
     baseUrl: () => baseUrl,
     visibilityLagMs: (type, now) => faults.visibilityLagMs(type, now),
-    onLagHit: () => faults.record('visibility-lag'),
+    onLagHit: (type) => {
+      const info = faults.visibilityLag(type, clock());
+      if (info) faults.record(info.faultId);
+    },
     rejectedElements: (type, now) => faults.rejectedElements(type, now),
-    onDriftHit: () => faults.record('schema-drift'),
+    onDriftHit: (element) => {
+      const type = element.split('.')[0] ?? '';
+      const info = faults.rejectedElementFaults(type, clock()).find((e) => e.element === element);
+      if (info) faults.record(info.faultId);
+    },
   });
 
   let auth: SandboxAuthServer | undefined;

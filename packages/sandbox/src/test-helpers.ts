@@ -69,3 +69,44 @@ export function observation(patientId: string, key: string, extra: Record<string
     ...extra,
   };
 }
+
+/** A backend-services test client: its registration for the sandbox and a way to get tokens. */
+export interface TestClient {
+  readonly registration: { client_id: string; scope: string; jwks: { keys: Record<string, unknown>[] } };
+  token(tokenEndpoint: string, scope: string): Promise<string>;
+}
+
+/** Creates an ES384 backend-services client allowed `scope`. */
+export async function testClient(clientId: string, scope: string): Promise<TestClient> {
+  const { exportJWK, generateKeyPair, SignJWT } = await import('jose');
+  const { publicKey, privateKey } = await generateKeyPair('ES384', { extractable: true });
+  const pub = { ...(await exportJWK(publicKey)), kid: `${clientId}-key`, alg: 'ES384', use: 'sig' };
+  return {
+    registration: { client_id: clientId, scope, jwks: { keys: [pub] } },
+    async token(tokenEndpoint, requested) {
+      const now = Math.floor(Date.now() / 1000);
+      const assertion = await new SignJWT({})
+        .setProtectedHeader({ alg: 'ES384', kid: pub.kid })
+        .setIssuer(clientId)
+        .setSubject(clientId)
+        .setAudience(tokenEndpoint)
+        .setJti(crypto.randomUUID())
+        .setIssuedAt(now)
+        .setExpirationTime(now + 120)
+        .sign(privateKey);
+      const res = await fetch(tokenEndpoint, {
+        method: 'POST',
+        headers: { 'content-type': 'application/x-www-form-urlencoded' },
+        body: new URLSearchParams({
+          grant_type: 'client_credentials',
+          scope: requested,
+          client_assertion_type: 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer',
+          client_assertion: assertion,
+        }),
+      });
+      const body = (await res.json()) as { access_token?: string; error?: string };
+      if (!body.access_token) throw new Error(`token request failed: ${body.error ?? res.status}`);
+      return body.access_token;
+    },
+  };
+}

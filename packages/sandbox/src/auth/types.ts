@@ -3,6 +3,8 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 /** A client allowed to use the sandbox authorization server (the `--clients` JSON file holds an array of these). */
 export interface SandboxClientConfig {
   readonly client_id: string;
+  /** Optional label. */
+  readonly client_name?: string;
   /** Public keys for private_key_jwt (SMART backend services). One of `jwks` / `jwks_uri` / `client_secret`. */
   readonly jwks?: { readonly keys: readonly Record<string, unknown>[] };
   readonly jwks_uri?: string;
@@ -12,6 +14,17 @@ export interface SandboxClientConfig {
   readonly scope: string;
   /** For authorization code clients. */
   readonly redirect_uris?: readonly string[];
+  /**
+   * Optional: how the client authenticates at the token endpoint. Default: `private_key_jwt` when `jwks` or
+   * `jwks_uri` is set, else `client_secret_basic` when `client_secret` is set (which also accepts
+   * `client_secret_post`). `none` = public client (authorization code + PKCE only, no credentials).
+   */
+  readonly token_endpoint_auth_method?: 'private_key_jwt' | 'client_secret_basic' | 'client_secret_post' | 'none';
+  /**
+   * Optional: grants the client may use. Default: `client_credentials` for confidential clients, plus
+   * `authorization_code` and `refresh_token` when `redirect_uris` is non-empty.
+   */
+  readonly grant_types?: readonly ('client_credentials' | 'authorization_code' | 'refresh_token')[];
 }
 
 export type RefreshTokenMode = 'rotate' | 'keep' | 'single-use';

@@ -62,6 +62,31 @@ export interface FaultInjector {
   stats(): FaultStats;
   /** Counts a fault that fired outside `plan` (visibility lag hits, schema-drift rejections). */
   record(faultId: string): void;
+  /**
+   * Optional (additive): the answer of {@link FaultInjector.visibilityLagMs} together with the id of the fault that
+   * imposes it, so the server knows which id to `record` when the lag actually hides a resource.
+   * `undefined` = no lag.
+   */
+  visibilityLag?(resourceType: string, now: number): VisibilityLagInfo | undefined;
+  /**
+   * Optional (additive): the answer of {@link FaultInjector.rejectedElements} with the id of the schema-drift fault
+   * behind each element, so the server knows which id to `record` when it rejects a write.
+   */
+  rejectedElementFaults?(resourceType: string, now: number): readonly RejectedElementInfo[];
+}
+
+/** The active visibility lag for a resource type and the fault that imposes it. */
+export interface VisibilityLagInfo {
+  readonly faultId: string;
+  /** Milliseconds (> 0). */
+  readonly lagMs: number;
+}
+
+/** One element rejected by schema drift and the fault that rejects it. */
+export interface RejectedElementInfo {
+  readonly faultId: string;
+  /** FHIRPath-like element name, e.g. `Observation.note`. */
+  readonly element: string;
 }
 
 export interface FaultStats {
