@@ -94,6 +94,8 @@ export const ERROR_CATALOGUE = {
   FAULT_INJECTED_ERROR: spec(C.Transient, T, 503, 'transient', 'An error response injected by the sandbox fault profile.'),
   FAULT_RATE_LIMITED: spec(C.RateLimited, T, 429, 'throttled', 'A 429 injected by the sandbox fault profile.'),
   FAULT_PROFILE_INVALID: spec(C.Config, P, 400, 'invalid', 'A fault profile does not match the schema.'),
+  // Service state.
+  SERVICE_UNAVAILABLE: spec(C.Transient, T, 503, 'transient', 'The service is starting or stopping; retry shortly.'),
   // Configuration and startup.
   CONFIG_INVALID: spec(C.Config, P, 400, 'invalid', 'An options object or configuration file is not valid.'),
   INTERNAL: spec(C.Internal, T, 500, 'exception', 'An unexpected internal error; the details are in the log (without PHI).'),

@@ -6,3 +6,8 @@ export { MemoryStore } from './fhir/store.js';
 export type { WriteLogEntry, VersionRecord } from './fhir/store.js';
 export * from './faults/index.js';
 export type * from './auth/types.js';
+export { createAuthorizationServer, parseSandboxClients } from './auth/authorization-server.js';
+export type { AuthorizationServerOptions } from './auth/authorization-server.js';
+export { scriptedAuthorize } from './auth/scripted-authorize.js';
+export { testClient, http, codeOf, writeLog, observation } from './test-helpers.js';
+export type { TestClient, JsonResponse } from './test-helpers.js';

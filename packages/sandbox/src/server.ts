@@ -9,6 +9,7 @@ import { buildCapabilityStatement } from './fhir/capability.js';
 import { ensureDefinitions } from './fhir/definitions.js';
 import { FhirRest, resolveRoute, type RestResponse, type Route } from './fhir/rest.js';
 import { MemoryStore, type Resource, type VersionRecord } from './fhir/store.js';
+import { ValidationPool } from './fhir/validation-pool.js';
 import { createFaultInjector } from './faults/injector.js';
 import type { SeededFaultInjector } from './faults/injector.js';
 import type { FaultPlan } from './faults/types.js';
@@ -49,6 +50,11 @@ const optionsSchema = z
     tokenTtlSeconds: z.number().int().positive().default(DEFAULT_TOKEN_TTL_SECONDS),
     /** Refresh token behaviour of the authorization code flows. */
     refreshTokenMode: z.enum(['rotate', 'keep', 'single-use']).default('rotate'),
+    /**
+     * Worker threads for structural validation of single creates and updates (0 = validate on the main thread).
+     * One thread lets the sandbox use a second core; batches and transactions always validate on the main thread.
+     */
+    validationThreads: z.number().int().min(0).max(8).default(0),
     /** JSON file the store is loaded from at start and saved to at stop (and on POST /_admin/snapshot). */
     snapshotFile: z.string().optional(),
   })
@@ -97,6 +103,7 @@ export async function startSandbox(input: SandboxOptions = {}): Promise<Sandbox>
   const store = new MemoryStore();
   if (opts.snapshotFile) loadSnapshot(store, opts.snapshotFile);
   const faults = createFaultInjector({ profile: opts.faults ?? { faults: [] }, seed: opts.seed, clock, startedAt: clock() });
+  const validation = opts.validationThreads > 0 ? await ValidationPool.start(opts.validationThreads) : undefined;
 
   let baseUrl = '';
   const rest = new FhirRest({
@@ -185,6 +192,9 @@ export async function startSandbox(input: SandboxOptions = {}): Promise<Sandbox>
     }
 
     const token = bearerToken(req);
+    if (opts.auth && !auth) {
+      return sendError(res, 'SERVICE_UNAVAILABLE', 'The sandbox is starting; try again.');
+    }
     if (auth) {
       if (plan.revokeToken && token) await auth.revokeAccessToken(token);
       const verified = token ? await auth.verifyAccessToken(token) : null;
@@ -223,10 +233,22 @@ export async function startSandbox(input: SandboxOptions = {}): Promise<Sandbox>
   ): Promise<void> {
     let body = preread;
     const needsBody = route.interaction === Interaction.Create || route.interaction === Interaction.Update || route.interaction === Interaction.Transaction;
+    let prevalidated = false;
     if (needsBody && body === undefined) {
       const read = await readBody(req, res);
       if (!read.ok) return;
       body = read.body;
+      const single = route.interaction === Interaction.Create || route.interaction === Interaction.Update;
+      const resourceType = (body as { resourceType?: unknown } | null)?.resourceType;
+      if (validation && single && resourceType === route.resourceType) {
+        try {
+          // A create ignores the client's id, so validate without it (as the in-thread path does).
+          await validation.validate(route.interaction === Interaction.Create ? stripId(read.text, body) : read.text);
+          prevalidated = true;
+        } catch (err) {
+          return sendThrown(res, err);
+        }
+      }
     }
     let effective = route;
     if (route.interaction === Interaction.Transaction) {
@@ -248,6 +270,7 @@ export async function startSandbox(input: SandboxOptions = {}): Promise<Sandbox>
           body,
           requestId,
           now: clock(),
+          prevalidated,
         },
         effective,
       );
@@ -322,7 +345,7 @@ export async function startSandbox(input: SandboxOptions = {}): Promise<Sandbox>
     }
   }
 
-  async function readBody(req: IncomingMessage, res: ServerResponse): Promise<{ ok: true; body: unknown } | { ok: false }> {
+  async function readBody(req: IncomingMessage, res: ServerResponse): Promise<{ ok: true; body: unknown; text: string } | { ok: false }> {
     const type = headerValue(req, 'content-type') ?? '';
     if (!/^application\/(fhir\+)?json\b/i.test(type)) {
       sendError(res, 'FHIR_UNSUPPORTED_MEDIA_TYPE', 'Send the body as application/fhir+json.');
@@ -351,35 +374,46 @@ export async function startSandbox(input: SandboxOptions = {}): Promise<Sandbox>
       // The client went away while sending: nothing to answer.
       return { ok: false };
     }
+    const text = Buffer.concat(chunks).toString('utf8');
     try {
-      return { ok: true, body: JSON.parse(Buffer.concat(chunks).toString('utf8')) };
+      return { ok: true, body: JSON.parse(text), text };
     } catch {
       sendError(res, 'FHIR_INVALID_JSON');
       return { ok: false };
     }
   }
 
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(opts.port, opts.host, () => {
-      server.off('error', reject);
-      resolve();
+  let port: number;
+  let origin: string;
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(opts.port, opts.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
     });
-  });
-  const port = (server.address() as AddressInfo).port;
-  const host = opts.host.includes(':') ? `[${opts.host}]` : opts.host;
-  const origin = `http://${host}:${port}`;
-  baseUrl = `${origin}${FHIR_BASE_PATH}`;
-  if (opts.auth) {
-    // Loaded on demand: oidc-provider (and Koa) are only needed when authorization is on.
-    const { createAuthorizationServer } = await import('./auth/authorization-server.js');
-    auth = await createAuthorizationServer({
-      issuer: `${origin}${OAUTH_BASE_PATH}`,
-      clients: opts.clients,
-      accessTokenTtlSeconds: opts.tokenTtlSeconds,
-      refreshTokenMode: opts.refreshTokenMode as RefreshTokenMode,
-      fhirBaseUrl: baseUrl,
-    });
+    port = (server.address() as AddressInfo).port;
+    const host = opts.host.includes(':') ? `[${opts.host}]` : opts.host;
+    origin = `http://${host}:${port}`;
+    baseUrl = `${origin}${FHIR_BASE_PATH}`;
+    if (opts.auth) {
+      // Loaded on demand: oidc-provider (and Koa) are only needed when authorization is on. The issuer needs the
+      // port, so this happens after listen; until it is ready FHIR requests get 503 (never an unauthenticated pass).
+      const { createAuthorizationServer } = await import('./auth/authorization-server.js');
+      auth = await createAuthorizationServer({
+        issuer: `${origin}${OAUTH_BASE_PATH}`,
+        clients: opts.clients,
+        accessTokenTtlSeconds: opts.tokenTtlSeconds,
+        refreshTokenMode: opts.refreshTokenMode as RefreshTokenMode,
+        fhirBaseUrl: baseUrl,
+      });
+    }
+  } catch (err) {
+    server.closeAllConnections();
+    server.close();
+    await validation?.close();
+    throw err;
   }
   log({ msg: 'sandbox.listening', url: origin, fhirBaseUrl: baseUrl, auth: opts.auth, profile: profile.name, seed: opts.seed });
 
@@ -403,10 +437,18 @@ export async function startSandbox(input: SandboxOptions = {}): Promise<Sandbox>
       server.closeAllConnections();
       await done;
       await auth?.close();
+      await validation?.close();
       if (opts.snapshotFile) saveSnapshot(store, opts.snapshotFile);
       log({ msg: 'sandbox.closed' });
     },
   };
+}
+
+function stripId(text: string, body: unknown): string {
+  const rec = body as Record<string, unknown>;
+  if (!('id' in rec)) return text;
+  const { id: _id, ...rest } = rec;
+  return JSON.stringify(rest);
 }
 
 function headerValue(req: IncomingMessage, name: string): string | undefined {

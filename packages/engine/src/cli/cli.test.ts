@@ -69,6 +69,16 @@ describe('tether sandbox + tether token (as a user runs them)', () => {
       body: JSON.stringify({ resourceType: 'Patient', gender: 'female' }),
     });
     expect(created.status).toBe(201);
+    // Validation runs on the worker thread in the CLI's default configuration: errors still name the element.
+    const invalid = await fetch(`${base}/Patient`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token.access_token}`, 'content-type': 'application/fhir+json' },
+      body: JSON.stringify({ resourceType: 'Patient', id: 'client-id', gender: 'female', birthDate: 'not-a-date' }),
+    });
+    expect(invalid.status).toBe(400);
+    const outcome = await invalid.text();
+    expect(outcome).toContain('FHIR_INVALID_RESOURCE');
+    expect(outcome).toContain('Patient.birthDate');
     const denied = await fetch(`${base}/Observation`, { headers: { authorization: `Bearer ${token.access_token}` } });
     expect(denied.status).toBe(403);
     expect(denied.headers.get('www-authenticate')).toContain('insufficient_scope');

@@ -59,11 +59,12 @@ export function buildCli(): Command {
     .option('--no-auth', 'serve FHIR without tokens')
     .addOption(new Option('--token-ttl <seconds>', 'access token lifetime').default(300).argParser(intOption('--token-ttl', 1, 86_400)))
     .addOption(new Option('--refresh-mode <mode>', 'refresh token behaviour').choices(['rotate', 'keep', 'single-use']).default('rotate'))
+    .addOption(new Option('--validation-threads <n>', 'worker threads for structural validation (0 = main thread)').default(1).argParser(intOption('--validation-threads', 0, 8)))
     .option('--snapshot <file>', 'load the store from this NDJSON file at start, save it at stop')
     .option('--verbose', 'log every request as a JSON line on stderr (no PHI)')
     .action(async (o: {
       port: number; host: string; seed: number; faults?: string; clients?: string; profile?: string; auth: boolean;
-      tokenTtl: number; refreshMode: 'rotate' | 'keep' | 'single-use'; snapshot?: string; verbose?: boolean;
+      tokenTtl: number; refreshMode: 'rotate' | 'keep' | 'single-use'; snapshot?: string; verbose?: boolean; validationThreads: number;
     }) => {
       let clients: SandboxClientConfig[] = [];
       let demoFile: string | undefined;
@@ -83,6 +84,7 @@ export function buildCli(): Command {
         clients,
         tokenTtlSeconds: o.tokenTtl,
         refreshTokenMode: o.refreshMode,
+        validationThreads: o.validationThreads,
         ...(o.faults ? { faults: readJsonFile('faults', o.faults) } : {}),
         ...(o.profile ? { profile: readJsonFile('profile', o.profile) } : {}),
         ...(o.snapshot ? { snapshotFile: resolve(o.snapshot) } : {}),

@@ -28,6 +28,8 @@ export interface RestRequest {
   readonly requestId: string;
   /** Epoch ms. */
   readonly now: number;
+  /** The body of a single create/update was already validated structurally (by the validation worker pool). */
+  readonly prevalidated?: boolean;
 }
 
 export interface RestResponse {
@@ -257,8 +259,8 @@ export class FhirRest {
     return { status, headers, wrote: true, body: v.resource, json: v.json };
   }
 
-  #checkWritable(resource: Resource, now: number): void {
-    validateStructure(resource);
+  #checkWritable(resource: Resource, now: number, prevalidated = false): void {
+    if (!prevalidated) validateStructure(resource);
     const rejected = this.#o.rejectedElements?.(resource.resourceType, now) ?? [];
     for (const element of rejected) {
       if (hasElement(resource, element)) {
@@ -298,7 +300,7 @@ export class FhirRest {
     }
     const { id: _ignored, ...rest } = resource;
     const input = rest as Resource;
-    this.#checkWritable(input, req.now);
+    this.#checkWritable(input, req.now, req.prevalidated);
     const ctx = { requestId: req.requestId, interaction, now: req.now };
     const v = this.#o.store.create(input, ctx, presetId);
     return { ...this.#writeAnswer(v, 201, req.headers.prefer), version: v };
@@ -316,7 +318,7 @@ export class FhirRest {
     else if (this.#o.profile.requireIfMatch) {
       throw new TetherError('FHIR_IF_MATCH_REQUIRED', 'This server requires If-Match on updates.');
     }
-    this.#checkWritable(resource, req.now);
+    this.#checkWritable(resource, req.now, req.prevalidated);
     const { version, created } = this.#o.store.update(resource as Resource & { id: string }, {
       requestId: req.requestId,
       interaction,
