@@ -234,6 +234,12 @@ export async function startSandbox(input: SandboxOptions = {}): Promise<Sandbox>
     let body = preread;
     const needsBody = route.interaction === Interaction.Create || route.interaction === Interaction.Update || route.interaction === Interaction.Transaction;
     let prevalidated = false;
+    if (route.postSearch) {
+      // POST [type]/_search: form-encoded parameters, merged with any in the URL.
+      const form = await readForm(req, res);
+      if (!form) return;
+      for (const [k, v] of form) query.append(k, v);
+    }
     if (needsBody && body === undefined) {
       const read = await readBody(req, res);
       if (!read.ok) return;
@@ -381,6 +387,26 @@ export async function startSandbox(input: SandboxOptions = {}): Promise<Sandbox>
       sendError(res, 'FHIR_INVALID_JSON');
       return { ok: false };
     }
+  }
+
+  async function readForm(req: IncomingMessage, res: ServerResponse): Promise<URLSearchParams | undefined> {
+    const type = headerValue(req, 'content-type') ?? '';
+    if (!/^application\/x-www-form-urlencoded\b/i.test(type)) {
+      sendError(res, 'FHIR_UNSUPPORTED_MEDIA_TYPE', 'POST _search needs an application/x-www-form-urlencoded body.');
+      return undefined;
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const chunk of req) {
+      size += (chunk as Buffer).length;
+      if (size > profile.maxBodyBytes) {
+        res.setHeader('Connection', 'close');
+        sendError(res, 'FHIR_BODY_TOO_LARGE', `The body exceeds ${profile.maxBodyBytes} bytes.`);
+        return undefined;
+      }
+      chunks.push(chunk as Buffer);
+    }
+    return new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
   }
 
   let port: number;

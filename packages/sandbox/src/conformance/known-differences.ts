@@ -130,32 +130,7 @@ export const KNOWN_DIFFERENCES: Readonly<Record<DifferenceKey, KnownDifference>>
     note: 'Consequence of the above: on medplum a client that asked for a version check gets an unconditional write (a possible lost update).',
   },
 
-  // --- identifier-search -----------------------------------------------------------------------------------------
-  'identifier-search.postSearchStatus': {
-    verdict: 'sandbox-bug-pending',
-    sandbox: 404,
-    medplum: 200,
-    note:
-      'Sandbox bug, pending. POST [type]/_search is not routed: packages/sandbox/src/fhir/rest.ts resolveRoute treats `_search` as an id, ' +
-      'which fails ID_RE, so the answer is 404 FHIR_NOT_FOUND (and readBody would refuse the form body with 415). The spec says servers that ' +
-      'support search SHALL support it.',
-  },
-  'identifier-search.postSearch': {
-    verdict: 'sandbox-bug-pending',
-    sandbox: [],
-    medplum: ['A'],
-    note: 'Sandbox bug, pending. Same cause as postSearchStatus: no results because the request is not routed.',
-  },
-
   // --- transaction -----------------------------------------------------------------------------------------------
-  'transaction.okUriElementRewritten': {
-    verdict: 'sandbox-bug-pending',
-    sandbox: false,
-    medplum: true,
-    note:
-      'Sandbox bug, pending. packages/sandbox/src/fhir/rest.ts rewriteReferences only rewrites properties named `reference` whose value equals ' +
-      'a fullUrl; a urn:uuid in a uri/url element (or in narrative) is stored verbatim. medplum rewrites every string that contains the urn:uuid.',
-  },
   'transaction.failStatus': {
     verdict: 'spec-allows-both',
     sandbox: 400,
@@ -174,37 +149,12 @@ export const KNOWN_DIFFERENCES: Readonly<Record<DifferenceKey, KnownDifference>>
     medplum: true,
     note: 'Same cause: the Patient created by the failed transaction is found by search afterwards.',
   },
-  'transaction.conditionalRefWhenReferrerFirst': {
-    verdict: 'sandbox-bug-pending',
-    sandbox: false,
-    medplum: true,
-    note:
-      'Sandbox bug, pending. packages/sandbox/src/fhir/rest.ts #transaction pre-assigns a new id to every POST entry and maps its fullUrl to it ' +
-      'before anything runs; a conditional create that matches an existing resource only corrects that mapping when it is processed. Entries ' +
-      'processed earlier (a POST listed before it) keep a reference to the pre-assigned id, which is never created: a dangling reference, and an ' +
-      'outcome that depends on entry order. medplum resolves If-None-Exist identities before processing any entry.',
-  },
-  'transaction.duplicateIdentityStatus': {
-    verdict: 'sandbox-bug-pending',
-    sandbox: 200,
-    medplum: 400,
-    note:
-      'Sandbox bug, pending. packages/sandbox/src/fhir/rest.ts #transaction does not check that each resource identity appears once: two PUTs ' +
-      'to the same id are both applied (the second silently wins). The spec says the transaction SHALL fail; medplum rejects it with 400.',
-  },
-  'transaction.duplicateIdentityWrites': {
-    verdict: 'sandbox-bug-pending',
-    sandbox: 2,
-    medplum: 0,
-    note: 'Sandbox bug, pending. Same cause: two versions are written instead of none.',
-  },
   'transaction.searchReferenceResolved': {
-    verdict: 'sandbox-bug-pending',
-    sandbox: false,
+    verdict: 'medplum-violates-spec',
+    sandbox: true,
     medplum: false,
     note:
-      'Sandbox bug, pending (medplum\'s MemoryRepository stack does not do it either). packages/sandbox/src/fhir/rest.ts rewriteReferences only ' +
-      'maps urn:uuid fullUrls; a reference such as Patient?identifier=... is stored verbatim. The spec says servers SHALL resolve it (one ' +
-      'match) or fail the transaction (no or several matches). Until fixed, send resolved references.',
+      'A conditional reference such as Patient?identifier=... inside a transaction: the sandbox resolves it to the one matching resource ' +
+      '(no or several matches fail the transaction), as the spec requires; medplum\'s MemoryRepository stack stores it verbatim.',
   },
 };

@@ -40,6 +40,8 @@ export interface RestResponse {
   readonly wrote: boolean;
   /** `body` already serialised (the store caches each version's JSON), to skip a second JSON.stringify. */
   readonly json?: string | undefined;
+  /** Epoch ms of the version answered, for `Bundle.entry.response.lastModified` at full precision. */
+  readonly lastUpdated?: number;
 }
 
 /** A request's route: the resource type and interaction decide scope checks and fault matching. */
@@ -48,6 +50,8 @@ export interface Route {
   readonly resourceType: string | undefined;
   readonly id?: string;
   readonly versionId?: string;
+  /** `POST [type]/_search`: the parameters come in a form-encoded body (merged into the query by the caller). */
+  readonly postSearch?: boolean;
 }
 
 /** Resource types whose writes carry a per-request rejection list (schema drift). */
@@ -78,6 +82,29 @@ export function parseETag(value: string): string {
 }
 
 const ID_RE = /^[A-Za-z0-9\-.]{1,64}$/;
+/** `Patient?identifier=...`: a conditional reference, resolved by search inside a transaction. */
+const CONDITIONAL_REFERENCE = /^[A-Z][A-Za-z]+\?.+/;
+
+/** Two entries of one transaction must not name the same resource (R4 http.html#trules). */
+function assertDistinctIdentities(entries: readonly ParsedEntry[]): void {
+  const seen = new Set<string>();
+  for (const [i, e] of entries.entries()) {
+    const keys: string[] = [];
+    if (e.fullUrl) keys.push(`fullUrl ${e.fullUrl}`);
+    if (e.method === 'PUT' || e.method === 'DELETE') {
+      const [type, id] = e.path.split('/');
+      if (type && id) keys.push(`${type}/${id}`);
+    }
+    for (const k of keys) {
+      if (seen.has(k)) {
+        throw new TetherError('FHIR_TRANSACTION_FAILED', `Transaction entry ${i} names a resource another entry already names. Nothing was applied.`, {
+          details: { entry: i, entryCode: 'FHIR_INVALID_BUNDLE', entryStatus: 400 },
+        });
+      }
+      seen.add(k);
+    }
+  }
+}
 
 /** Resolves a path and method into a route; throws FHIR_UNKNOWN_RESOURCE_TYPE / FHIR_METHOD_NOT_ALLOWED / FHIR_NOT_FOUND. */
 export function resolveRoute(method: string, path: string): Route {
@@ -99,6 +126,10 @@ export function resolveRoute(method: string, path: string): Route {
     if (method === 'GET') return { interaction: Interaction.SearchType, resourceType: type };
     if (method === 'POST') return { interaction: Interaction.Create, resourceType: type };
     throw new TetherError('FHIR_METHOD_NOT_ALLOWED', `${method} is not allowed on a resource type.`);
+  }
+  if (second === '_search' && third === undefined) {
+    if (method !== 'POST') throw new TetherError('FHIR_METHOD_NOT_ALLOWED', '_search supports POST only; use GET [type]?params.');
+    return { interaction: Interaction.SearchType, resourceType: type, postSearch: true };
   }
   if (second === '_history' && third === undefined) {
     if (method !== 'GET') throw new TetherError('FHIR_METHOD_NOT_ALLOWED', 'History supports GET only.');
@@ -238,25 +269,27 @@ export class FhirRest {
   }
 
   #versionAnswer(v: VersionRecord, status: number): RestResponse {
-    return { status, body: v.resource, json: v.json, headers: versionHeaders(v), wrote: false };
+    return { status, body: v.resource, json: v.json, headers: versionHeaders(v), wrote: false, lastUpdated: v.lastUpdated };
   }
 
   #writeAnswer(v: VersionRecord, status: number, prefer: string | undefined): RestResponse {
     const headers = { ...versionHeaders(v), Location: `${this.#url(v)}/_history/${v.versionId}` };
+    const lastUpdated = v.lastUpdated;
     const mode = preferReturn(prefer);
     const profileMode = this.#o.profile.writeResponse;
     if (mode === 'minimal' || (mode === undefined && profileMode === 'empty')) {
-      return { status, headers, wrote: true };
+      return { status, headers, wrote: true, lastUpdated };
     }
     if (mode === 'OperationOutcome' || (mode === undefined && profileMode === 'outcome')) {
       return {
         status,
         headers,
         wrote: true,
+        lastUpdated,
         body: { resourceType: 'OperationOutcome', issue: [{ severity: 'information', code: 'informational', diagnostics: 'OK' }] },
       };
     }
-    return { status, headers, wrote: true, body: v.resource, json: v.json };
+    return { status, headers, wrote: true, body: v.resource, json: v.json, lastUpdated };
   }
 
   #checkWritable(resource: Resource, now: number, prevalidated = false): void {
@@ -378,7 +411,10 @@ export class FhirRest {
       type: 'searchset',
       total: result.total,
       link: this.#page(req, type, parsed.canonical, count, parsed.offset, result.total),
-      entry: result.matches.map((v) => ({ fullUrl: this.#url(v), resource: v.resource, search: { mode: 'match' } })),
+      // FHIR JSON forbids empty arrays: no matches means no `entry` at all.
+      ...(result.matches.length > 0
+        ? { entry: result.matches.map((v) => ({ fullUrl: this.#url(v), resource: v.resource, search: { mode: 'match' } })) }
+        : {}),
     };
     return { status: 200, body, wrote: false };
   }
@@ -403,7 +439,7 @@ export class FhirRest {
         type: 'history',
         total: all.length,
         link: this.#page(req, path, new URLSearchParams(), count, offset, all.length),
-        entry: page.map((v) => ({
+        ...(page.length === 0 ? {} : { entry: page.map((v) => ({
           fullUrl: this.#url(v),
           ...(v.resource ? { resource: v.resource } : {}),
           request: {
@@ -415,7 +451,7 @@ export class FhirRest {
             etag: `W/"${v.versionId}"`,
             lastModified: new Date(v.lastUpdated).toISOString(),
           },
-        })),
+        })) }),
       },
     };
   }
@@ -503,43 +539,62 @@ export class FhirRest {
   }
 
   #transaction(req: RestRequest, entries: ParsedEntry[]): RestResponse {
+    assertDistinctIdentities(entries);
     // FHIR processing order: DELETE, POST, PUT/PATCH, GET/HEAD; responses keep the request order.
     const rank: Record<string, number> = { DELETE: 0, POST: 1, PUT: 2, PATCH: 2, GET: 3, HEAD: 3 };
     const order = entries.map((_, i) => i).sort((a, b) => (rank[entries[a]?.method ?? ''] ?? 9) - (rank[entries[b]?.method ?? ''] ?? 9));
-    // Server ids for POSTed entries, so `urn:uuid:` references between entries can be rewritten before writing.
-    const idMap = new Map<string, string>();
-    const presetIds = new Map<number, string>();
-    entries.forEach((e, i) => {
-      if (e.method === 'POST') {
-        const id = randomUUID();
-        presetIds.set(i, id);
-        if (e.fullUrl) idMap.set(e.fullUrl, `${e.path.split('/')[0]}/${id}`);
-      }
-    });
     const results: (RestResponse & { version?: VersionRecord })[] = new Array(entries.length);
     let wrote = false;
-    this.#o.store.atomic(() => {
-      for (const i of order) {
-        const e = entries[i] as ParsedEntry;
-        try {
-          // A conditional create that matched must make references to its fullUrl point at the existing resource.
-          const body = e.resource === undefined ? undefined : rewriteReferences(e.resource, idMap);
-          const r = this.#runEntry(req, e, Interaction.Transaction, body, presetIds.get(i));
-          if (e.method === 'POST' && e.fullUrl && r.version && !r.wrote) {
-            idMap.set(e.fullUrl, `${r.version.resourceType}/${r.version.id}`);
-          }
-          wrote ||= r.wrote;
-          results[i] = r;
-        } catch (err) {
-          const te = toTetherError(err);
-          throw new TetherError(
-            te.code === 'INTERNAL' ? 'INTERNAL' : 'FHIR_TRANSACTION_FAILED',
-            `Transaction entry ${i} failed (${te.code}): ${te.message} Nothing was applied.`,
-            { cause: te, details: { entry: i, entryCode: te.code, entryStatus: te.httpStatus } },
-          );
+    let current = -1;
+    try {
+      this.#o.store.atomic(() => {
+        const deletes = order.filter((i) => entries[i]?.method === 'DELETE');
+        const rest = order.filter((i) => entries[i]?.method !== 'DELETE');
+        for (const i of deletes) {
+          current = i;
+          results[i] = this.#runEntry(req, entries[i] as ParsedEntry, Interaction.Transaction, undefined);
+          wrote ||= (results[i] as RestResponse).wrote;
         }
-      }
-    });
+        // Decide every POST's identity before anything references it, so the outcome does not depend on entry
+        // order (R4 http.html#trules): a conditional create that matches maps its fullUrl to the existing
+        // resource; every other POST gets its server id now.
+        const idMap = new Map<string, string>();
+        const presetIds = new Map<number, string>();
+        for (const i of rest) {
+          const e = entries[i] as ParsedEntry;
+          if (e.method !== 'POST') continue;
+          current = i;
+          const type = e.path.split('/')[0] ?? '';
+          let target: string | undefined;
+          if (e.ifNoneExist !== undefined && this.#o.profile.conditionalCreate) {
+            const matches = this.#conditionalMatches(type, e.ifNoneExist);
+            if (matches.length > 1) throw new TetherError('FHIR_MULTIPLE_MATCHES', 'If-None-Exist matched more than one resource.');
+            const hit = matches[0];
+            if (hit) target = `${hit.resourceType}/${hit.id}`;
+          }
+          if (target === undefined) {
+            const id = randomUUID();
+            presetIds.set(i, id);
+            target = `${type}/${id}`;
+          }
+          if (e.fullUrl) idMap.set(e.fullUrl, target);
+        }
+        for (const i of rest) {
+          const e = entries[i] as ParsedEntry;
+          current = i;
+          const body = e.resource === undefined ? undefined : this.#resolveLinks(e.resource, idMap);
+          results[i] = this.#runEntry(req, e, Interaction.Transaction, body, presetIds.get(i));
+          wrote ||= (results[i] as RestResponse).wrote;
+        }
+      });
+    } catch (err) {
+      const te = toTetherError(err);
+      throw new TetherError(
+        te.code === 'INTERNAL' ? 'INTERNAL' : 'FHIR_TRANSACTION_FAILED',
+        `Transaction entry ${current} failed (${te.code}): ${te.message} Nothing was applied.`,
+        { cause: te, details: { entry: current, entryCode: te.code, entryStatus: te.httpStatus } },
+      );
+    }
     return {
       status: 200,
       wrote,
@@ -550,6 +605,39 @@ export class FhirRest {
         entry: results.map((r) => ({ ...(r.body !== undefined ? { resource: r.body } : {}), response: entryResponse(r) })),
       },
     };
+  }
+
+  /**
+   * Replaces, in a transaction entry's resource, every link to another entry's `fullUrl` (references, uri/url
+   * elements, and occurrences inside narrative) with the server's `Type/id`, and resolves conditional references
+   * (`Patient?identifier=...`) to the one resource they match (R4 http.html#trules). A conditional reference that
+   * matches no resource or several fails the transaction with 412.
+   */
+  #resolveLinks(value: unknown, idMap: ReadonlyMap<string, string>): unknown {
+    if (typeof value === 'string') return idMap.get(value) ?? value;
+    if (value === null || typeof value !== 'object') return value;
+    if (Array.isArray(value)) return value.map((v) => this.#resolveLinks(v, idMap));
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value)) {
+      if (k === 'reference' && typeof v === 'string' && !idMap.has(v) && CONDITIONAL_REFERENCE.test(v)) {
+        const [type = '', query = ''] = v.split('?', 2);
+        const matches = this.#conditionalMatches(type, query);
+        if (matches.length !== 1) {
+          throw new TetherError(
+            matches.length === 0 ? 'FHIR_NOT_FOUND' : 'FHIR_MULTIPLE_MATCHES',
+            `A conditional reference to ${type} matched ${matches.length === 0 ? 'no' : 'more than one'} resource.`,
+          );
+        }
+        out[k] = `${type}/${(matches[0] as VersionRecord).id}`;
+      } else if (k === 'div' && typeof v === 'string') {
+        let div = v;
+        for (const [from, to] of idMap) div = div.split(from).join(to);
+        out[k] = div;
+      } else {
+        out[k] = this.#resolveLinks(v, idMap);
+      }
+    }
+    return out;
   }
 }
 
@@ -593,23 +681,13 @@ function parseEntry(raw: unknown, i: number): ParsedEntry {
   };
 }
 
-function rewriteReferences(value: unknown, idMap: ReadonlyMap<string, string>): unknown {
-  if (idMap.size === 0 || value === null || typeof value !== 'object') return value;
-  if (Array.isArray(value)) return value.map((v) => rewriteReferences(v, idMap));
-  const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(value)) {
-    out[k] = k === 'reference' && typeof v === 'string' && idMap.has(v) ? idMap.get(v) : rewriteReferences(v, idMap);
-  }
-  return out;
-}
-
 function entryResponse(r: RestResponse): Record<string, string> {
   const h = r.headers ?? {};
   return {
     status: String(r.status),
     ...(h['Location'] ? { location: h['Location'] } : {}),
     ...(h['ETag'] ? { etag: h['ETag'] } : {}),
-    ...(h['Last-Modified'] ? { lastModified: new Date(h['Last-Modified']).toISOString() } : {}),
+    ...(r.lastUpdated !== undefined ? { lastModified: new Date(r.lastUpdated).toISOString() } : {}),
   };
 }
 
