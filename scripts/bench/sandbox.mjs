@@ -64,7 +64,7 @@ export async function run(argv) {
       recordMarkdown(
         'sandbox',
         `## Sandbox FHIR server\n\nCommand: \`${cmd}\`  \nDate: ${out.date.slice(0, 10)}  \nMachine: ${out.machine}  \n` +
-          `Setup: sandbox in its own process (auth off, faults off), load generator with an undici Pool, ${o.concurrency} concurrent requests. ` +
+          `Setup: sandbox in its own process (auth off, faults off, structural validation on ${process.env.VALIDATION_THREADS ?? 1} worker thread as in the CLI default), load generator with an undici Pool, ${o.concurrency} concurrent requests. ` +
           `Creates are measured while loading ${o.resources.toLocaleString('en')} Observations; identifier searches (\`Observation?identifier=system|value\`, one match each) run against the full store.\n\n` +
           `| operation | requests | errors | ops/s | p50 ms | p99 ms | target |\n|---|---|---|---|---|---|---|\n` +
           `| create | ${results[0].ops} | ${results[0].errors} | ${results[0].opsPerSec} | ${results[0].p50Ms} | ${results[0].p99Ms} | ≥ 2,000/s |\n` +
