@@ -351,36 +351,40 @@ export async function startSandbox(input: SandboxOptions = {}): Promise<Sandbox>
     }
   }
 
-  async function readBody(req: IncomingMessage, res: ServerResponse): Promise<{ ok: true; body: unknown; text: string } | { ok: false }> {
-    const type = headerValue(req, 'content-type') ?? '';
-    if (!/^application\/(fhir\+)?json\b/i.test(type)) {
-      sendError(res, 'FHIR_UNSUPPORTED_MEDIA_TYPE', 'Send the body as application/fhir+json.');
-      return { ok: false };
+  /**
+   * Reads a request body of an accepted media type within the profile's size limit. On any problem it answers
+   * the request itself (415, 413) and returns undefined.
+   */
+  async function readText(req: IncomingMessage, res: ServerResponse, accepted: RegExp, hint: string): Promise<string | undefined> {
+    if (!accepted.test(headerValue(req, 'content-type') ?? '')) {
+      sendError(res, 'FHIR_UNSUPPORTED_MEDIA_TYPE', hint);
+      return undefined;
     }
     const limit = profile.maxBodyBytes;
-    const declared = Number(headerValue(req, 'content-length') ?? NaN);
-    if (declared > limit) {
+    const tooLarge = (): undefined => {
       res.setHeader('Connection', 'close');
       sendError(res, 'FHIR_BODY_TOO_LARGE', `The body exceeds ${limit} bytes.`);
-      return { ok: false };
-    }
+      return undefined;
+    };
+    if (Number(headerValue(req, 'content-length') ?? NaN) > limit) return tooLarge();
     const chunks: Buffer[] = [];
     let size = 0;
     try {
       for await (const chunk of req) {
         size += (chunk as Buffer).length;
-        if (size > limit) {
-          res.setHeader('Connection', 'close');
-          sendError(res, 'FHIR_BODY_TOO_LARGE', `The body exceeds ${limit} bytes.`);
-          return { ok: false };
-        }
+        if (size > limit) return tooLarge();
         chunks.push(chunk as Buffer);
       }
     } catch {
       // The client went away while sending: nothing to answer.
-      return { ok: false };
+      return undefined;
     }
-    const text = Buffer.concat(chunks).toString('utf8');
+    return Buffer.concat(chunks).toString('utf8');
+  }
+
+  async function readBody(req: IncomingMessage, res: ServerResponse): Promise<{ ok: true; body: unknown; text: string } | { ok: false }> {
+    const text = await readText(req, res, /^application\/(fhir\+)?json\b/i, 'Send the body as application/fhir+json.');
+    if (text === undefined) return { ok: false };
     try {
       return { ok: true, body: JSON.parse(text), text };
     } catch {
@@ -389,24 +393,10 @@ export async function startSandbox(input: SandboxOptions = {}): Promise<Sandbox>
     }
   }
 
+  /** `POST [type]/_search`: form-encoded parameters. */
   async function readForm(req: IncomingMessage, res: ServerResponse): Promise<URLSearchParams | undefined> {
-    const type = headerValue(req, 'content-type') ?? '';
-    if (!/^application\/x-www-form-urlencoded\b/i.test(type)) {
-      sendError(res, 'FHIR_UNSUPPORTED_MEDIA_TYPE', 'POST _search needs an application/x-www-form-urlencoded body.');
-      return undefined;
-    }
-    const chunks: Buffer[] = [];
-    let size = 0;
-    for await (const chunk of req) {
-      size += (chunk as Buffer).length;
-      if (size > profile.maxBodyBytes) {
-        res.setHeader('Connection', 'close');
-        sendError(res, 'FHIR_BODY_TOO_LARGE', `The body exceeds ${profile.maxBodyBytes} bytes.`);
-        return undefined;
-      }
-      chunks.push(chunk as Buffer);
-    }
-    return new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
+    const text = await readText(req, res, /^application\/x-www-form-urlencoded\b/i, 'POST _search needs an application/x-www-form-urlencoded body.');
+    return text === undefined ? undefined : new URLSearchParams(text);
   }
 
   let port: number;
