@@ -94,6 +94,34 @@ export const ERROR_CATALOGUE = {
   FAULT_INJECTED_ERROR: spec(C.Transient, T, 503, 'transient', 'An error response injected by the sandbox fault profile.'),
   FAULT_RATE_LIMITED: spec(C.RateLimited, T, 429, 'throttled', 'A 429 injected by the sandbox fault profile.'),
   FAULT_PROFILE_INVALID: spec(C.Config, P, 400, 'invalid', 'A fault profile does not match the schema.'),
+  // EHR client (engine): every outcome of a call to an EHR, classified.
+  EHR_REQUEST_INVALID: spec(C.Validation, P, 400, 'invalid', 'The EHR call itself is malformed (a bug in the caller), so it was not sent.'),
+  EHR_SCOPE_MISSING: spec(C.ForbiddenScope, P, 403, 'forbidden', 'The tenant was not granted a scope this call needs; it was not sent.'),
+  EHR_UNAUTHORIZED: spec(C.Auth, T, 401, 'login', 'The EHR rejected the token even after a refresh.'),
+  EHR_FORBIDDEN: spec(C.ForbiddenScope, P, 403, 'forbidden', 'The EHR refused the call (403).'),
+  EHR_VALIDATION: spec(C.Validation, P, 400, 'invalid', 'The EHR rejected the content (400 or 422).'),
+  EHR_NOT_FOUND: spec(C.NotFound, P, 404, 'not-found', 'The EHR has no such resource (404 or 410).'),
+  EHR_CONFLICT: spec(C.Conflict, P, 409, 'conflict', 'The EHR reported a conflict (409), e.g. a lock or a stale version.'),
+  EHR_PRECONDITION_FAILED: spec(C.PreconditionFailed, P, 412, 'conflict', 'The EHR refused a conditional request (412): stale version or several matches.'),
+  EHR_RATE_LIMITED: spec(C.RateLimited, T, 429, 'throttled', 'The EHR or the tenant rate limit says wait (429, Retry-After).'),
+  EHR_UNAVAILABLE: spec(C.Transient, T, 503, 'transient', 'The EHR could not be reached or answered 5xx, and nothing was applied (or the call was a read).'),
+  EHR_TIMEOUT: spec(C.Transient, T, 504, 'timeout', 'A read timed out (connect, headers, body or deadline).'),
+  EHR_CIRCUIT_OPEN: spec(C.Transient, T, 503, 'transient', 'The circuit breaker for this tenant and EHR is open; the call was not sent.'),
+  EHR_OUTCOME_UNKNOWN: spec(C.Ambiguous, RetryClass.Ambiguous, 502, 'incomplete', 'A write was sent but its outcome is unknown (timeout, reset, 5xx after send): verify before any retry.'),
+  EHR_RESPONSE_INVALID: spec(C.Transient, T, 502, 'structure', 'The EHR answered something that is not the expected FHIR JSON.'),
+  // Auth broker (engine).
+  AUTH_DISCOVERY_FAILED: spec(C.Auth, T, 502, 'transient', 'The SMART configuration or CapabilityStatement could not be read.'),
+  AUTH_TOKEN_REQUEST_FAILED: spec(C.Auth, T, 502, 'transient', 'The token endpoint could not be reached or answered 5xx; backing off.'),
+  AUTH_GRANT_INVALID: spec(C.Auth, P, 401, 'security', 'The token endpoint refused the credentials or grant (invalid_grant, invalid_client, revoked): the tenant is paused until an operator acts.'),
+  AUTH_TENANT_PAUSED: spec(C.Auth, P, 401, 'suppressed', 'The tenant is paused (auth_paused or disabled); no EHR call is made until an operator resumes it.'),
+  // Tenants and secrets (engine).
+  TENANT_NOT_FOUND: spec(C.NotFound, P, 404, 'not-found', 'No tenant has that id.'),
+  TENANT_EXISTS: spec(C.Conflict, P, 409, 'duplicate', 'A tenant with that id exists already.'),
+  CRYPTO_MASTER_KEY_MISSING: spec(C.Config, P, 500, 'security', 'TETHER_MASTER_KEY is missing or malformed (required in production mode).'),
+  CRYPTO_DECRYPT_FAILED: spec(C.Internal, P, 500, 'security', 'A stored secret could not be decrypted (wrong master key or tampered data).'),
+  // Store (engine).
+  STORE_UNAVAILABLE: spec(C.Transient, T, 503, 'transient', 'The database could not be reached or timed out.'),
+  STORE_MIGRATION_FAILED: spec(C.Config, P, 500, 'exception', 'A schema migration failed; the store refuses to start.'),
   // Service state.
   SERVICE_UNAVAILABLE: spec(C.Transient, T, 503, 'transient', 'The service is starting or stopping; retry shortly.'),
   // Configuration and startup.

@@ -2,3 +2,4 @@ export * from './errors.js';
 export * from './operation-outcome.js';
 export * from './stable-json.js';
 export * from './smart-scopes.js';
+export * from './events.js';

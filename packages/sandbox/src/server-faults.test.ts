@@ -164,6 +164,7 @@ describe('tokens and scopes on the FHIR server', () => {
     expect((await http(`${sb.fhirBaseUrl}/Patient`, { token: 'nonsense' })).status).toBe(401);
 
     const t = await token('system/Patient.rs system/Observation.cruds');
+    expect(await (await fetch(`${sb.url}/_admin/auth/stats`)).json()).toEqual({ tokenRequests: 1 });
     expect((await http(`${sb.fhirBaseUrl}/Patient`, { token: t })).status).toBe(200);
     const write = await http(`${sb.fhirBaseUrl}/Patient`, { token: t, body: { resourceType: 'Patient' } });
     expect(write.status).toBe(403);

@@ -124,6 +124,7 @@ export async function startSandbox(input: SandboxOptions = {}): Promise<Sandbox>
   });
 
   let auth: SandboxAuthServer | undefined;
+  let tokenRequests = 0;
   const server: Server = createServer((req, res) => {
     handle(req, res).catch((err: unknown) => {
       log({ msg: 'sandbox.internal_error', error: err instanceof Error ? err.name : 'unknown' });
@@ -137,6 +138,8 @@ export async function startSandbox(input: SandboxOptions = {}): Promise<Sandbox>
     const path = url.pathname;
     if (path === OAUTH_BASE_PATH || path.startsWith(`${OAUTH_BASE_PATH}/`)) {
       if (!auth) return sendError(res, 'FHIR_NOT_FOUND', 'Authorization is off in this sandbox.');
+      // Counted for tests and operators: "exactly one token request per expiry" is checked against this.
+      if (path === `${OAUTH_BASE_PATH}/token` && req.method === 'POST') tokenRequests++;
       auth.handle(req, res);
       return;
     }
@@ -342,6 +345,7 @@ export async function startSandbox(input: SandboxOptions = {}): Promise<Sandbox>
         saveSnapshot(store, opts.snapshotFile);
         return sendJson(res, 200, { saved: true, resources: store.size }, 'application/json');
       }
+      if (path === '/_admin/auth/stats' && method === 'GET') return sendJson(res, 200, { tokenRequests }, 'application/json');
       if (path === '/_admin/health' && method === 'GET') {
         return sendJson(res, 200, { status: 'ok', resources: store.size, profile: profile.name }, 'application/json');
       }
