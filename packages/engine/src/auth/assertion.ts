@@ -1,13 +1,21 @@
 import { randomUUID } from 'node:crypto';
 import { importJWK, SignJWT, type JWK } from 'jose';
-import { request } from 'undici';
+
+/** SMART backend services: an assertion may be valid for at most five minutes. */
+export const MAX_ASSERTION_LIFETIME_SECONDS = 300;
+/** Default assertion lifetime (seconds): well inside the limit, leaving room for clock skew. */
+export const DEFAULT_ASSERTION_LIFETIME_SECONDS = 240;
 
 export interface ClientAssertionInput {
   readonly clientId: string;
+  /** The `aud`: the token endpoint URL. */
   readonly tokenEndpoint: string;
+  /** Private JWK with `alg` (RS384 or ES384) and preferably `kid`. */
   readonly privateJwk: JWK & { alg?: string; kid?: string };
-  /** Assertion lifetime in seconds (SMART allows at most 300). */
+  /** Assertion lifetime in seconds (capped at 300). */
   readonly lifetimeSeconds?: number;
+  /** Epoch ms "now" as the authorization server sees it (local clock corrected by measured skew). */
+  readonly now?: number;
 }
 
 /**
@@ -17,7 +25,8 @@ export interface ClientAssertionInput {
 export async function signClientAssertion(input: ClientAssertionInput): Promise<string> {
   const alg = input.privateJwk.alg ?? 'ES384';
   const key = await importJWK(input.privateJwk, alg);
-  const now = Math.floor(Date.now() / 1000);
+  const now = Math.floor((input.now ?? Date.now()) / 1000);
+  const lifetime = Math.min(input.lifetimeSeconds ?? DEFAULT_ASSERTION_LIFETIME_SECONDS, MAX_ASSERTION_LIFETIME_SECONDS);
   return new SignJWT({})
     .setProtectedHeader({ alg, typ: 'JWT', ...(input.privateJwk.kid ? { kid: input.privateJwk.kid } : {}) })
     .setIssuer(input.clientId)
@@ -25,37 +34,6 @@ export async function signClientAssertion(input: ClientAssertionInput): Promise<
     .setAudience(input.tokenEndpoint)
     .setJti(randomUUID())
     .setIssuedAt(now)
-    .setExpirationTime(now + Math.min(input.lifetimeSeconds ?? 240, 300))
+    .setExpirationTime(now + lifetime)
     .sign(key);
-}
-
-/**
- * Requests an access token with the client_credentials grant and a signed assertion. This is the CLI's one-shot
- * helper (`tether token`); the engine's auth broker owns tokens for real work.
- */
-export async function requestBackendToken(
-  input: ClientAssertionInput & { readonly scope: string },
-): Promise<{ status: number; body: Record<string, unknown> }> {
-  const assertion = await signClientAssertion(input);
-  const form = new URLSearchParams({
-    grant_type: 'client_credentials',
-    scope: input.scope,
-    client_assertion_type: 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer',
-    client_assertion: assertion,
-  });
-  const res = await request(input.tokenEndpoint, {
-    method: 'POST',
-    headers: { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json' },
-    body: form.toString(),
-    headersTimeout: 10_000,
-    bodyTimeout: 10_000,
-  });
-  const text = await res.body.text();
-  let body: Record<string, unknown>;
-  try {
-    body = JSON.parse(text) as Record<string, unknown>;
-  } catch {
-    body = { error: 'invalid_response' };
-  }
-  return { status: res.statusCode, body };
 }

@@ -4,7 +4,8 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { isTetherError, TetherError } from '@tether/core';
 import { startSandbox, type SandboxClientConfig } from '@tether/sandbox';
 import { loadOrCreateDemoClient } from './demo-client.js';
-import { requestBackendToken } from './token.js';
+import { signClientAssertion } from '../auth/assertion.js';
+import { postTokenRequest } from '../auth/token-endpoint.js';
 
 /** Exit codes of the `tether` CLI (documented in README and docs/cli.md). */
 export const ExitCode = { Ok: 0, Failure: 1, Usage: 2 } as const;
@@ -133,9 +134,25 @@ export function buildCli(): Command {
       if (!discovery.ok) throw new Error(`discovery failed with HTTP ${discovery.status}`);
       const tokenEndpoint = ((await discovery.json()) as { token_endpoint?: string }).token_endpoint;
       if (!tokenEndpoint) throw new Error('the SMART configuration has no token_endpoint');
-      const res = await requestBackendToken({ clientId: client.client_id, tokenEndpoint, privateJwk: client.private_jwk, scope: o.scope });
-      process.stdout.write(`${JSON.stringify(res.body, null, 2)}\n`);
-      if (res.status !== 200) process.exitCode = ExitCode.Failure;
+      const assertion = await signClientAssertion({ clientId: client.client_id, tokenEndpoint, privateJwk: client.private_jwk });
+      try {
+        const token = await postTokenRequest(
+          tokenEndpoint,
+          {
+            grant_type: 'client_credentials',
+            scope: o.scope,
+            client_assertion_type: 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer',
+            client_assertion: assertion,
+          },
+          {},
+        );
+        const out = { access_token: token.accessToken, token_type: 'Bearer', expires_in: token.expiresIn, scope: token.scope };
+        process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+      } catch (err) {
+        const oauthError = isTetherError(err) ? err.details['oauthError'] : undefined;
+        process.stdout.write(`${JSON.stringify({ error: oauthError ?? 'token_request_failed' }, null, 2)}\n`);
+        process.exitCode = ExitCode.Failure;
+      }
     });
 
   return program;

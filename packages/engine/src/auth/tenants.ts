@@ -1,0 +1,136 @@
+import { z } from 'zod';
+import { TetherError } from '@tether/core';
+import type { AuthMethod, Environment, Store, TenantRecord } from '../store/types.js';
+import type { TenantCredentials, TokenBroker } from './broker.js';
+import type { Keyring } from './keyring.js';
+
+const TENANT_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+/** Input of {@link TenantService.register}. Secrets are write-only: they are encrypted and never returned. */
+export const tenantInputSchema = z
+  .object({
+    /** Health-system id. */
+    id: z.string().regex(TENANT_ID, 'letters, digits, dot, underscore or dash; at most 64'),
+    vendor: z.string().min(1).default('generic'),
+    fhirBaseUrl: z.string().url(),
+    environment: z.enum(['sandbox', 'production']),
+    authMethod: z.enum(['backend-services', 'client-secret', 'authorization-code']),
+    clientId: z.string().min(1),
+    /** Requested scopes, space separated. */
+    scopes: z.string().min(1),
+    tokenEndpoint: z.string().url().optional(),
+    /** Private JWK (backend services; optional for authorization code with private_key_jwt). */
+    privateJwk: z.record(z.string(), z.unknown()).optional(),
+    clientSecret: z.string().min(1).optional(),
+  })
+  .strict()
+  .superRefine((t, ctx) => {
+    if (t.authMethod === 'backend-services' && !t.privateJwk) ctx.addIssue({ code: 'custom', path: ['privateJwk'], message: 'backend-services needs a private JWK' });
+    if (t.authMethod === 'client-secret' && !t.clientSecret) ctx.addIssue({ code: 'custom', path: ['clientSecret'], message: 'client-secret needs a client secret' });
+    if (t.privateJwk && typeof t.privateJwk['d'] !== 'string') ctx.addIssue({ code: 'custom', path: ['privateJwk'], message: 'must be a private key (with d)' });
+    if (t.environment === 'production' && !t.fhirBaseUrl.startsWith('https://')) {
+      ctx.addIssue({ code: 'custom', path: ['fhirBaseUrl'], message: 'production tenants need an https URL' });
+    }
+  });
+
+export type TenantInput = z.input<typeof tenantInputSchema>;
+
+/** A tenant as shown to operators and APIs: no secrets, only whether they are set. */
+export interface TenantView {
+  readonly id: string;
+  readonly vendor: string;
+  readonly fhirBaseUrl: string;
+  readonly environment: Environment;
+  readonly authMethod: AuthMethod;
+  readonly clientId: string;
+  readonly scopes: string;
+  readonly tokenEndpoint: string | null;
+  readonly state: TenantRecord['state'];
+  readonly stateReason: string | null;
+  readonly hasPrivateKey: boolean;
+  readonly hasClientSecret: boolean;
+}
+
+/** Registers tenants with encrypted credentials, and lets an operator resume a paused tenant. */
+export class TenantService {
+  readonly #store: Store;
+  readonly #keyring: Keyring;
+  readonly #broker: TokenBroker | undefined;
+
+  constructor(options: { store: Store; keyring: Keyring; broker?: TokenBroker }) {
+    this.#store = options.store;
+    this.#keyring = options.keyring;
+    this.#broker = options.broker;
+  }
+
+  async register(input: TenantInput): Promise<TenantView> {
+    const parsed = tenantInputSchema.safeParse(input);
+    if (!parsed.success) {
+      // Name the fields, never their values (they may be secrets).
+      const fields = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
+      throw new TetherError('CONFIG_INVALID', `Invalid tenant: ${fields}`);
+    }
+    const t = parsed.data;
+    const dataKeyWrapped = this.#keyring.newWrappedDataKey(t.id);
+    const creds: TenantCredentials = {
+      ...(t.privateJwk ? { privateJwk: t.privateJwk } : {}),
+      ...(t.clientSecret ? { clientSecret: t.clientSecret } : {}),
+    };
+    const credentialsCiphertext =
+      Object.keys(creds).length > 0 ? this.#keyring.encrypt(t.id, dataKeyWrapped, 'credentials', JSON.stringify(creds)) : null;
+    const record = await this.#store.tenants.create({
+      id: t.id,
+      vendor: t.vendor,
+      fhirBaseUrl: t.fhirBaseUrl.replace(/\/+$/, ''),
+      environment: t.environment,
+      authMethod: t.authMethod,
+      clientId: t.clientId,
+      scopes: t.scopes,
+      tokenEndpoint: t.tokenEndpoint ?? null,
+      dataKeyWrapped,
+      credentialsCiphertext,
+    });
+    return view(record, creds);
+  }
+
+  async get(id: string): Promise<TenantView> {
+    const record = await this.#store.tenants.get(id);
+    if (!record) throw new TetherError('TENANT_NOT_FOUND', 'No tenant has that id.');
+    return view(record, this.#credentials(record));
+  }
+
+  async list(): Promise<TenantView[]> {
+    return (await this.#store.tenants.list()).map((r) => view(r, this.#credentials(r)));
+  }
+
+  /** Operator action: a paused tenant becomes active again; cached tokens and backoff are forgotten. */
+  async resume(id: string): Promise<TenantView> {
+    const record = await this.#store.tenants.update(id, { state: 'active', stateReason: null });
+    if (!record) throw new TetherError('TENANT_NOT_FOUND', 'No tenant has that id.');
+    this.#broker?.forget(id);
+    this.#broker?.events.emit('tenant:resumed', { tenantId: id });
+    return view(record, this.#credentials(record));
+  }
+
+  #credentials(record: TenantRecord): TenantCredentials {
+    if (!record.credentialsCiphertext) return {};
+    return JSON.parse(this.#keyring.decrypt(record.id, record.dataKeyWrapped, 'credentials', record.credentialsCiphertext)) as TenantCredentials;
+  }
+}
+
+function view(r: TenantRecord, creds: TenantCredentials): TenantView {
+  return {
+    id: r.id,
+    vendor: r.vendor,
+    fhirBaseUrl: r.fhirBaseUrl,
+    environment: r.environment,
+    authMethod: r.authMethod,
+    clientId: r.clientId,
+    scopes: r.scopes,
+    tokenEndpoint: r.tokenEndpoint,
+    state: r.state,
+    stateReason: r.stateReason,
+    hasPrivateKey: creds.privateJwk !== undefined,
+    hasClientSecret: creds.clientSecret !== undefined,
+  };
+}

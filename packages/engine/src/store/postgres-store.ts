@@ -1,0 +1,452 @@
+import { createHash } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
+import pg from 'pg';
+import { TetherError } from '@tether/core';
+import { fromPgError, type ConstraintCodes } from './driver-errors.js';
+import { KeyedMutex, lockTimeoutError } from './keyed-mutex.js';
+import {
+  assertMigrationList,
+  migrationChecksum,
+  pendingMigrations,
+  SCHEMA_MIGRATIONS_DDL,
+  type AppliedMigration,
+  type Migration,
+} from './migrations/migration.js';
+import { POSTGRES_MIGRATIONS } from './migrations/postgres.js';
+import {
+  resolvePostgresOptions,
+  type MigrationOverride,
+  type PostgresStoreOptions,
+  type ResolvedPostgresOptions,
+  type StoreLogLine,
+} from './options.js';
+import {
+  decideTake,
+  TAKE_EPSILON,
+  tenantFromRow,
+  tokenFromRow,
+  validateContext,
+  validateNewTenant,
+  validateTake,
+  validateTenantId,
+  validateTenantPatch,
+  validateTokenWrite,
+  validateVersion,
+  type TakeArgs,
+  type TenantRow,
+  type TokenRow,
+} from './records.js';
+import type {
+  NewTenant,
+  RateLimitDecision,
+  RateLimitRepo,
+  Store,
+  TenantPatch,
+  TenantRecord,
+  TenantRepo,
+  TokenRecord,
+  TokenRepo,
+  TokenWrite,
+} from './types.js';
+
+/**
+ * 64-bit advisory lock key for a list of strings: the first 8 bytes of their SHA-256, as a signed bigint (the type
+ * `pg_advisory_lock(bigint)` takes), in decimal. Two identities that collide (probability ~2^-64 per pair) merely
+ * share a lock: they are serialised more than needed, never less.
+ */
+export function advisoryLockKey(...parts: string[]): string {
+  return createHash('sha256').update(JSON.stringify(parts)).digest().readBigInt64BE(0).toString();
+}
+
+/** The key every process takes while migrating, so that two processes starting at once migrate one at a time. */
+export const MIGRATION_LOCK_KEY = advisoryLockKey('tether', 'schema_migrations');
+
+const INSERT_TENANT = `
+INSERT INTO tenants (
+  id, vendor, fhir_base_url, environment, auth_method, client_id, scopes, token_endpoint,
+  state, state_reason, data_key_wrapped, credentials_ciphertext, version, created_at, updated_at
+) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10, $11, 1, $12, $12)
+RETURNING *`;
+
+const INSERT_FIRST_TOKEN = `
+INSERT INTO auth_tokens (
+  tenant_id, context, access_token_ciphertext, access_expires_at, access_issued_at,
+  refresh_token_ciphertext, scope, version, updated_at
+) VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8)
+ON CONFLICT (tenant_id, context) DO NOTHING
+RETURNING *`;
+
+const UPDATE_TOKEN_IF_VERSION = `
+UPDATE auth_tokens
+SET access_token_ciphertext  = $3,
+    access_expires_at        = $4,
+    access_issued_at         = $5,
+    refresh_token_ciphertext = $6,
+    scope                    = $7,
+    version                  = version + 1,
+    updated_at               = $8
+WHERE tenant_id = $1 AND context = $2 AND version = $9
+RETURNING *`;
+
+/**
+ * One take from an existing bucket, atomic across processes: `FOR UPDATE` locks the row, so concurrent takes on
+ * the same key queue behind each other and each sees the tokens the previous one left. The refill arithmetic is
+ * the same as `refilledTokens` in records.ts. Returns no row when the bucket does not exist yet.
+ *
+ * $1 key, $2 capacity, $3 refill per second, $4 now (epoch ms), $5 cost, $6 float tolerance.
+ */
+const TAKE_SQL = `
+WITH bucket AS (
+  SELECT key,
+         LEAST($2::float8, tokens + GREATEST(0, $4::bigint - updated_at) * $3::float8 / 1000.0) AS refilled,
+         GREATEST(updated_at, $4::bigint) AS refilled_at
+  FROM rate_limit_buckets
+  WHERE key = $1
+  FOR UPDATE
+)
+UPDATE rate_limit_buckets AS b
+SET tokens = CASE WHEN bucket.refilled + $6::float8 >= $5::float8
+                  THEN GREATEST(0, bucket.refilled - $5::float8)
+                  ELSE bucket.refilled END,
+    updated_at = bucket.refilled_at
+FROM bucket
+WHERE b.key = bucket.key
+RETURNING bucket.refilled`;
+
+/** First take from a bucket nobody has used: it starts full, minus this take. */
+const CREATE_BUCKET_SQL = `
+INSERT INTO rate_limit_buckets (key, tokens, updated_at) VALUES ($1, $2::float8 - $3::float8, $4)
+ON CONFLICT (key) DO NOTHING
+RETURNING key`;
+
+/**
+ * The distributed store: PostgreSQL through a `pg` pool. Any number of engine processes may share one database.
+ *
+ * Two pools: queries run on the query pool (`poolSize`); `withLock` holds its session-level advisory locks on
+ * connections of a separate lock pool (`lockPoolSize`). Keeping them apart is what prevents self-deadlock: a
+ * locked section's own queries never wait behind connections that are themselves waiting for the lock.
+ *
+ * No connection is made until the first call (usually `migrate()`).
+ */
+export class PostgresStore implements Store {
+  readonly kind = 'postgres' as const;
+  readonly options: ResolvedPostgresOptions;
+  readonly tenants: TenantRepo;
+  readonly tokens: TokenRepo;
+  readonly rateLimits: RateLimitRepo;
+
+  readonly #clock: () => number;
+  readonly #log: (line: StoreLogLine) => void;
+  readonly #migrations: readonly Migration[];
+  readonly #pool: pg.Pool;
+  readonly #lockPool: pg.Pool;
+  readonly #locks = new KeyedMutex();
+  #closed = false;
+
+  /** Throws TetherError `CONFIG_INVALID` when an option is invalid. Does not connect. */
+  constructor(options: PostgresStoreOptions & MigrationOverride) {
+    this.options = resolvePostgresOptions(options);
+    this.#clock = options.clock ?? Date.now;
+    this.#log = options.log ?? (() => {});
+    this.#migrations = options.migrations ?? POSTGRES_MIGRATIONS;
+    assertMigrationList(this.#migrations);
+
+    const { connectionString, connectTimeoutMs, applicationName } = this.options;
+    const common = { connectionString, connectionTimeoutMillis: connectTimeoutMs, keepAlive: true };
+    this.#pool = new pg.Pool({
+      ...common,
+      max: this.options.poolSize,
+      application_name: applicationName,
+      statement_timeout: this.options.statementTimeoutMs,
+    });
+    // No statement_timeout here: the wait for an advisory lock is bounded by lock_timeout, set per acquisition.
+    this.#lockPool = new pg.Pool({ ...common, max: this.options.lockPoolSize, application_name: `${applicationName}:lock` });
+    // An idle connection that dies (server restart, network) is reported here; without a listener, Node would
+    // crash the process. The pool replaces the connection on the next checkout.
+    for (const pool of [this.#pool, this.#lockPool]) {
+      pool.on('error', (err) => this.#log({ msg: 'store: idle PostgreSQL connection failed', code: fromPgError(err, 'idle').code }));
+    }
+
+    this.tenants = {
+      create: async (tenant) => this.#createTenant(tenant),
+      get: async (id) => this.#getTenant(id),
+      // COLLATE "C": byte order, as SQLite sorts, whatever collation the database was created with.
+      list: async () => (await this.#query<TenantRow>('list tenants', 'SELECT * FROM tenants ORDER BY id COLLATE "C"')).map(tenantFromRow),
+      update: async (id, patch, expectedVersion) => this.#updateTenant(id, patch, expectedVersion),
+    };
+    this.tokens = {
+      get: async (tenantId, context) => this.#getToken(tenantId, context),
+      compareAndSet: async (tenantId, context, expectedVersion, next) => this.#compareAndSet(tenantId, context, expectedVersion, next),
+      withLock: async <T>(tenantId: string, context: string, fn: () => Promise<T>) => this.#withLock(tenantId, context, fn),
+    };
+    this.rateLimits = {
+      take: async (key, capacity, refillPerSecond, now, cost = 1) => this.#take(key, capacity, refillPerSecond, now, cost),
+    };
+  }
+
+  /**
+   * Applies pending migrations on a dedicated connection holding the migration advisory lock, so processes that
+   * start together migrate one after another (the later ones find nothing to do). Each migration commits in its
+   * own transaction with its `schema_migrations` row. Waits for the lock without a time limit: the holder is
+   * either migrating or dead, and a dead session's locks are released by the server.
+   */
+  async migrate(): Promise<void> {
+    this.#assertOpen();
+    const client = new pg.Client({
+      connectionString: this.options.connectionString,
+      connectionTimeoutMillis: this.options.connectTimeoutMs,
+      application_name: `${this.options.applicationName}:migrate`,
+    });
+    // Errors surface through the pending query; this listener only stops an 'error' event from crashing Node.
+    client.on('error', () => {});
+    try {
+      await client.connect();
+      await client.query('SELECT pg_advisory_lock($1::bigint)', [MIGRATION_LOCK_KEY]);
+      await client.query(SCHEMA_MIGRATIONS_DDL);
+      for (;;) {
+        const applied = await client.query<AppliedMigration>('SELECT version, name, checksum FROM schema_migrations ORDER BY version');
+        const next = pendingMigrations(this.#migrations, applied.rows)[0];
+        if (!next) break;
+        await this.#applyMigration(client, next);
+      }
+    } catch (err) {
+      throw fromPgError(err, 'migrate');
+    } finally {
+      // Ending the session is what releases the migration lock (on success and on every failure alike).
+      await client.end().catch(() => {});
+    }
+  }
+
+  async #applyMigration(client: pg.Client, migration: Migration): Promise<void> {
+    await client.query('BEGIN');
+    try {
+      // Simple query protocol (no parameters), so one migration may hold several statements.
+      await client.query(migration.sql);
+      await client.query('INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES ($1, $2, $3, $4)', [
+        migration.version,
+        migration.name,
+        migrationChecksum(migration),
+        this.#clock(),
+      ]);
+      await client.query('COMMIT');
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => {});
+      const mapped = fromPgError(err, 'migrate');
+      if (mapped.code === 'STORE_UNAVAILABLE') throw mapped;
+      throw new TetherError('STORE_MIGRATION_FAILED', `Migration ${migration.version} (${migration.name}) failed; nothing of it was applied.`, {
+        cause: mapped.cause,
+        details: { version: migration.version },
+      });
+    }
+  }
+
+  /** Closes both pools, after the connections in use are returned. Idempotent. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await Promise.all([this.#pool.end(), this.#lockPool.end()]);
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) throw new TetherError('STORE_UNAVAILABLE', 'The store is closed.');
+  }
+
+  async #query<R extends pg.QueryResultRow>(action: string, sql: string, params: unknown[] = [], constraints?: ConstraintCodes): Promise<R[]> {
+    this.#assertOpen();
+    try {
+      return (await this.#pool.query<R>(sql, params)).rows;
+    } catch (err) {
+      throw fromPgError(err, action, constraints);
+    }
+  }
+
+  async #createTenant(input: NewTenant): Promise<TenantRecord> {
+    const t = validateNewTenant(input);
+    const [row] = await this.#query<TenantRow>(
+      'create tenant',
+      INSERT_TENANT,
+      [t.id, t.vendor, t.fhirBaseUrl, t.environment, t.authMethod, t.clientId, t.scopes, t.tokenEndpoint, t.state, t.dataKeyWrapped, t.credentialsCiphertext, this.#clock()],
+      { unique: 'TENANT_EXISTS', check: 'CONFIG_INVALID' },
+    );
+    if (!row) throw new TetherError('INTERNAL', 'Tenant insert returned no row.');
+    return tenantFromRow(row);
+  }
+
+  async #getTenant(id: string): Promise<TenantRecord | undefined> {
+    validateTenantId(id);
+    const [row] = await this.#query<TenantRow>('get tenant', 'SELECT * FROM tenants WHERE id = $1', [id]);
+    return row && tenantFromRow(row);
+  }
+
+  async #updateTenant(id: string, patch: TenantPatch, expectedVersion: number | undefined): Promise<TenantRecord | undefined> {
+    validateTenantId(id);
+    if (expectedVersion !== undefined) validateVersion(expectedVersion, 'expectedVersion');
+    const changes = validateTenantPatch(patch);
+    // Column names come from a fixed map in records.ts, never from the caller; values are bound. $1 id, $2 now.
+    const params: unknown[] = [id, this.#clock(), ...changes.map((c) => c.value)];
+    const sets = changes.map((change, i) => `${change.column} = $${i + 3}, `).join('');
+    let where = 'id = $1';
+    if (expectedVersion !== undefined) {
+      params.push(expectedVersion);
+      where += ` AND version = $${params.length}`;
+    }
+    const sql = `UPDATE tenants SET ${sets}version = version + 1, updated_at = $2 WHERE ${where} RETURNING *`;
+    const [row] = await this.#query<TenantRow>('update tenant', sql, params, { check: 'CONFIG_INVALID' });
+    if (row) return tenantFromRow(row);
+    // Nothing updated: a stale version (undefined, the caller re-reads and decides) or no such tenant (an error,
+    // so that a retry loop cannot spin on a tenant that does not exist).
+    const [exists] = await this.#query('update tenant', 'SELECT 1 FROM tenants WHERE id = $1', [id]);
+    if (!exists) throw new TetherError('TENANT_NOT_FOUND');
+    return undefined;
+  }
+
+  async #getToken(tenantId: string, context: string): Promise<TokenRecord | undefined> {
+    validateTenantId(tenantId);
+    validateContext(context);
+    const [row] = await this.#query<TokenRow>('get token', 'SELECT * FROM auth_tokens WHERE tenant_id = $1 AND context = $2', [tenantId, context]);
+    return row && tokenFromRow(row);
+  }
+
+  async #compareAndSet(tenantId: string, context: string, expectedVersion: number, next: TokenWrite): Promise<TokenRecord | undefined> {
+    validateTenantId(tenantId);
+    validateContext(context);
+    validateVersion(expectedVersion, 'expectedVersion');
+    const w = validateTokenWrite(next);
+    const params: unknown[] = [
+      tenantId,
+      context,
+      w.accessTokenCiphertext,
+      w.accessExpiresAt,
+      w.accessIssuedAt,
+      w.refreshTokenCiphertext,
+      w.scope,
+      this.#clock(),
+    ];
+    // Version 0 means "no row yet": INSERT ... ON CONFLICT DO NOTHING lets exactly one of several racing first
+    // writers in. Otherwise the UPDATE's `version = $9` is the compare; the row lock it takes makes it atomic.
+    const [row] =
+      expectedVersion === 0
+        ? await this.#query<TokenRow>('write token', INSERT_FIRST_TOKEN, params, { foreignKey: 'TENANT_NOT_FOUND' })
+        : await this.#query<TokenRow>('write token', UPDATE_TOKEN_IF_VERSION, [...params, expectedVersion]);
+    return row && tokenFromRow(row);
+  }
+
+  /**
+   * Session-level `pg_advisory_lock` on a lock-pool connection, held while `fn` runs, released in `finally`.
+   *
+   * Waiting happens in three places, all within one `lockTimeoutMs` budget (then `STORE_UNAVAILABLE`): behind
+   * callers of this process on the same key (in memory, no connection used), for a free lock-pool connection, and
+   * for the advisory lock itself (server-side `lock_timeout`). So at most one connection per key per process is
+   * ever spent waiting, and a slow holder makes others fail in bounded time instead of piling up.
+   *
+   * If the lock connection dies while `fn` runs, the server releases the lock and another process may enter;
+   * that is logged. Token writes stay safe regardless, because they are compare-and-set on a version.
+   */
+  async #withLock<T>(tenantId: string, context: string, fn: () => Promise<T>): Promise<T> {
+    validateTenantId(tenantId);
+    validateContext(context);
+    this.#assertOpen();
+    const started = performance.now();
+    const remainingMs = () => Math.max(1, Math.ceil(this.options.lockTimeoutMs - (performance.now() - started)));
+
+    const releaseLocal = await this.#locks.acquire(JSON.stringify([tenantId, context]), this.options.lockTimeoutMs);
+    const key = advisoryLockKey('tether', 'token', tenantId, context);
+    let client: pg.PoolClient;
+    let lost = false;
+    const onError = () => {
+      lost = true;
+    };
+    try {
+      client = await this.#connectLockClient(remainingMs());
+      client.on('error', onError);
+      try {
+        await client.query("SELECT set_config('lock_timeout', $1, false)", [`${remainingMs()}ms`]);
+        await client.query('SELECT pg_advisory_lock($1::bigint)', [key]);
+      } catch (err) {
+        client.removeListener('error', onError);
+        const timedOut = (err as { code?: unknown }).code === '55P03';
+        // After a lock timeout the session is healthy and holds nothing: back to the pool. Otherwise destroy it.
+        client.release(timedOut ? undefined : true);
+        const mapped = fromPgError(err, 'lock');
+        throw timedOut ? lockTimeoutError(this.options.lockTimeoutMs, mapped.cause) : mapped;
+      }
+    } catch (err) {
+      releaseLocal();
+      throw err;
+    }
+
+    try {
+      return await fn();
+    } finally {
+      await this.#unlock(client, key, lost);
+      client.removeListener('error', onError);
+      releaseLocal();
+    }
+  }
+
+  /** A lock-pool connection within `timeoutMs`; one that arrives after the deadline goes straight back. */
+  async #connectLockClient(timeoutMs: number): Promise<pg.PoolClient> {
+    const pending = this.#lockPool.connect();
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(lockTimeoutError(this.options.lockTimeoutMs)),
+        timeoutMs,
+      );
+    });
+    try {
+      return await Promise.race([pending, expired]);
+    } catch (err) {
+      pending.then((late) => late.release(), () => {});
+      throw fromPgError(err, 'lock');
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Never throws: a failed unlock destroys the connection, and the server frees a dead session's locks. */
+  async #unlock(client: pg.PoolClient, key: string, lost: boolean): Promise<void> {
+    if (lost) {
+      this.#log({ msg: 'store: lock connection lost while held; another process may have entered the section' });
+      client.release(true);
+      return;
+    }
+    try {
+      const result = await client.query<{ unlocked: boolean }>('SELECT pg_advisory_unlock($1::bigint) AS unlocked', [key]);
+      if (result.rows[0]?.unlocked !== true) {
+        this.#log({ msg: 'store: advisory lock was not held at unlock; connection discarded' });
+        client.release(true);
+        return;
+      }
+      client.release();
+    } catch (err) {
+      this.#log({ msg: 'store: advisory unlock failed; connection discarded', code: fromPgError(err, 'unlock').code });
+      client.release(true);
+    }
+  }
+
+  async #take(key: string, capacity: number, refillPerSecond: number, now: number, cost: number): Promise<RateLimitDecision> {
+    const args = validateTake(key, capacity, refillPerSecond, now, cost);
+    // Steady state is one statement. The first take of a key creates the bucket; if another process creates it
+    // at the same moment, ours does nothing and the take goes through TAKE_SQL like any other.
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const taken = await this.#takeExisting(key, args);
+      if (taken) return taken;
+      const created = await this.#query('take rate limit token', CREATE_BUCKET_SQL, [key, capacity, cost, now]);
+      if (created.length > 0) return { allowed: true, waitMs: 0 };
+    }
+    throw new TetherError('INTERNAL', 'Rate limit bucket vanished during a take.');
+  }
+
+  async #takeExisting(key: string, args: TakeArgs): Promise<RateLimitDecision | undefined> {
+    const [row] = await this.#query<{ refilled: number }>('take rate limit token', TAKE_SQL, [
+      key,
+      args.capacity,
+      args.refillPerSecond,
+      args.now,
+      args.cost,
+      TAKE_EPSILON,
+    ]);
+    return row && decideTake(row.refilled, args).decision;
+  }
+}

@@ -1,0 +1,468 @@
+/**
+ * One suite, both implementations: whatever the engine relies on from the store must hold on SQLite and on the
+ * real PostgreSQL server alike. Backend-specific behaviour (pragmas, cross-process locking, pools) is tested in
+ * sqlite-store.test.ts and postgres-store.test.ts.
+ */
+import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ErrorCode } from '@tether/core';
+import { PgTestDatabases, SqliteTestFiles } from './__fixtures__/test-databases.js';
+import { PostgresStore, POSTGRES_MIGRATIONS, SqliteStore, SQLITE_MIGRATIONS, type Migration, type NewTenant, type Store, type TokenWrite } from './index.js';
+
+interface OpenExtra {
+  readonly clock?: () => number;
+  readonly lockTimeoutMs?: number;
+  readonly migrations?: readonly Migration[];
+}
+
+interface Backend {
+  readonly kind: 'sqlite' | 'postgres';
+  /** The released migrations of this dialect. */
+  readonly migrations: readonly Migration[];
+  /** A new empty database, and a function that opens (un-migrated) stores on it. */
+  database(): Promise<(extra?: OpenExtra) => Store>;
+  cleanup(): Promise<void>;
+}
+
+function sqliteBackend(): Backend {
+  let files: SqliteTestFiles | undefined;
+  return {
+    kind: 'sqlite',
+    migrations: SQLITE_MIGRATIONS,
+    async database() {
+      files ??= new SqliteTestFiles();
+      const path = files.path();
+      return (extra = {}) => new SqliteStore({ kind: 'sqlite', path, ...extra });
+    },
+    async cleanup() {
+      files?.remove();
+    },
+  };
+}
+
+function postgresBackend(): Backend {
+  const databases = new PgTestDatabases();
+  return {
+    kind: 'postgres',
+    migrations: POSTGRES_MIGRATIONS,
+    async database() {
+      const connectionString = await databases.create();
+      return (extra = {}) => new PostgresStore({ kind: 'postgres', connectionString, ...extra });
+    },
+    cleanup: () => databases.dropAll(),
+  };
+}
+
+const uid = () => randomBytes(4).toString('hex');
+
+function newTenant(overrides: Partial<NewTenant> = {}): NewTenant {
+  return {
+    id: `tenant-${uid()}`,
+    vendor: 'epic',
+    fhirBaseUrl: 'https://ehr.example.test/fhir/R4',
+    environment: 'sandbox',
+    authMethod: 'backend-services',
+    clientId: 'client-1',
+    scopes: 'system/Patient.rs system/Observation.c',
+    tokenEndpoint: 'https://ehr.example.test/oauth2/token',
+    dataKeyWrapped: randomBytes(60),
+    credentialsCiphertext: randomBytes(512),
+    ...overrides,
+  };
+}
+
+function tokenWrite(overrides: Partial<TokenWrite> = {}): TokenWrite {
+  return {
+    accessTokenCiphertext: randomBytes(200),
+    accessExpiresAt: 1_700_000_300_000,
+    accessIssuedAt: 1_700_000_000_000,
+    refreshTokenCiphertext: randomBytes(120),
+    scope: 'system/Patient.rs',
+    ...overrides,
+  };
+}
+
+async function expectCode(promise: Promise<unknown>, code: ErrorCode): Promise<void> {
+  await expect(promise).rejects.toMatchObject({ name: 'TetherError', code });
+}
+
+describe.each([sqliteBackend(), postgresBackend()])('store conformance ($kind)', (backend) => {
+  let now = 1_700_000_000_000;
+  const clock = () => now;
+  let open: (extra?: OpenExtra) => Store;
+  let store: Store;
+
+  beforeAll(async () => {
+    open = await backend.database();
+    store = open({ clock });
+    await store.migrate();
+  });
+
+  afterAll(async () => {
+    await store?.close();
+    await backend.cleanup();
+  });
+
+  describe('tenants', () => {
+    it('creates a tenant at version 1, active, and reads it back', async () => {
+      const input = newTenant();
+      const created = await store.tenants.create(input);
+      expect(created).toEqual({ ...input, state: 'active', stateReason: null, version: 1, createdAt: now, updatedAt: now });
+      expect(await store.tenants.get(input.id)).toEqual(created);
+      expect(await store.tenants.get(`missing-${uid()}`)).toBeUndefined();
+    });
+
+    it('creates a tenant in a given state, with nullable fields null', async () => {
+      const input = newTenant({ state: 'disabled', tokenEndpoint: null, credentialsCiphertext: null });
+      const created = await store.tenants.create(input);
+      expect(created).toMatchObject({ state: 'disabled', stateReason: null, tokenEndpoint: null, credentialsCiphertext: null });
+    });
+
+    it('lists every tenant, ordered by id', async () => {
+      const a = await store.tenants.create(newTenant({ id: `list-b-${uid()}` }));
+      const b = await store.tenants.create(newTenant({ id: `list-a-${uid()}` }));
+      const listed = await store.tenants.list();
+      expect(listed).toContainEqual(a);
+      expect(listed).toContainEqual(b);
+      const ids = listed.map((t) => t.id);
+      expect(ids).toEqual([...ids].sort());
+    });
+
+    it('orders ids bytewise on both backends (case and punctuation included)', async () => {
+      const prefix = `order-${uid()}`;
+      const ids = [`${prefix}-b`, `${prefix}-B`, `${prefix}_a`, `${prefix}-a-z`, `${prefix}-az`, `${prefix}.c`];
+      for (const id of ids) await store.tenants.create(newTenant({ id }));
+      const listed = (await store.tenants.list()).map((t) => t.id).filter((id) => id.startsWith(prefix));
+      expect(listed).toEqual([...ids].sort());
+    });
+
+    it('refuses a duplicate id with TENANT_EXISTS and keeps the original', async () => {
+      const original = await store.tenants.create(newTenant());
+      await expectCode(store.tenants.create(newTenant({ id: original.id, vendor: 'oracle' })), 'TENANT_EXISTS');
+      expect(await store.tenants.get(original.id)).toEqual(original);
+    });
+
+    it('round-trips ciphertext byte for byte (every byte value, NUL, empty)', async () => {
+      const everyByte = Buffer.from(Array.from({ length: 512 }, (_, i) => (i * 7 + 3) % 256));
+      const created = await store.tenants.create(newTenant({ dataKeyWrapped: Buffer.alloc(0), credentialsCiphertext: everyByte }));
+      const read = await store.tenants.get(created.id);
+      expect(Buffer.isBuffer(read?.credentialsCiphertext)).toBe(true);
+      expect(read?.credentialsCiphertext?.equals(everyByte)).toBe(true);
+      expect(read?.dataKeyWrapped.length).toBe(0);
+    });
+
+    it('updates a patch, increments the version, moves updatedAt only', async () => {
+      const created = await store.tenants.create(newTenant());
+      now += 1_000;
+      const key = randomBytes(48);
+      const updated = await store.tenants.update(created.id, {
+        state: 'auth_paused',
+        stateReason: 'invalid_grant from the token endpoint',
+        tokenEndpoint: null,
+        dataKeyWrapped: key,
+      });
+      expect(updated).toEqual({
+        ...created,
+        state: 'auth_paused',
+        stateReason: 'invalid_grant from the token endpoint',
+        tokenEndpoint: null,
+        dataKeyWrapped: key,
+        version: 2,
+        updatedAt: now,
+      });
+      expect(await store.tenants.get(created.id)).toEqual(updated);
+      // An empty patch is still an update: it bumps the version.
+      expect((await store.tenants.update(created.id, {}))?.version).toBe(3);
+    });
+
+    it('applies an update with the current expectedVersion; a stale one returns undefined and changes nothing', async () => {
+      const created = await store.tenants.create(newTenant());
+      const v2 = await store.tenants.update(created.id, { scopes: 'system/*.rs' }, 1);
+      expect(v2?.version).toBe(2);
+      now += 1_000;
+      expect(await store.tenants.update(created.id, { scopes: 'stale write' }, 1)).toBeUndefined();
+      expect(await store.tenants.update(created.id, { scopes: 'future write' }, 7)).toBeUndefined();
+      expect(await store.tenants.get(created.id)).toEqual(v2);
+    });
+
+    it('lets exactly one of several concurrent updates with the same expectedVersion win', async () => {
+      const created = await store.tenants.create(newTenant());
+      const results = await Promise.all(
+        Array.from({ length: 10 }, (_, i) => store.tenants.update(created.id, { clientId: `client-${i}` }, created.version)),
+      );
+      const winners = results.filter((r) => r !== undefined);
+      expect(winners).toHaveLength(1);
+      expect(await store.tenants.get(created.id)).toEqual(winners[0]);
+    });
+
+    it('answers TENANT_NOT_FOUND when updating a tenant that does not exist', async () => {
+      await expectCode(store.tenants.update(`missing-${uid()}`, { vendor: 'epic' }), 'TENANT_NOT_FOUND');
+      await expectCode(store.tenants.update(`missing-${uid()}`, { vendor: 'epic' }, 1), 'TENANT_NOT_FOUND');
+    });
+
+    it('refuses invalid input with CONFIG_INVALID without echoing the value', async () => {
+      const bad = { ...newTenant(), environment: 'prod-secret-value' } as unknown as NewTenant;
+      const error = await store.tenants.create(bad).catch((e: unknown) => e);
+      expect(error).toMatchObject({ code: 'CONFIG_INVALID' });
+      expect(String((error as Error).message)).not.toContain('prod-secret-value');
+
+      const created = await store.tenants.create(newTenant());
+      await expectCode(store.tenants.update(created.id, { version: 9 } as never), 'CONFIG_INVALID');
+      await expectCode(store.tenants.update(created.id, { state: 'paused' } as never), 'CONFIG_INVALID');
+      await expectCode(store.tenants.update(created.id, {}, -1), 'CONFIG_INVALID');
+      expect((await store.tenants.get(created.id))?.version).toBe(1);
+    });
+  });
+
+  describe('tokens', () => {
+    it('reads nothing for a token never written', async () => {
+      const tenant = await store.tenants.create(newTenant());
+      expect(await store.tokens.get(tenant.id, 'system')).toBeUndefined();
+    });
+
+    it('inserts with version 0 once, then only the holder of the current version can write', async () => {
+      const tenant = await store.tenants.create(newTenant());
+      const first = tokenWrite();
+      const v1 = await store.tokens.compareAndSet(tenant.id, 'system', 0, first);
+      expect(v1).toEqual({ ...first, tenantId: tenant.id, context: 'system', version: 1, updatedAt: now });
+      expect(await store.tokens.get(tenant.id, 'system')).toEqual(v1);
+
+      expect(await store.tokens.compareAndSet(tenant.id, 'system', 0, tokenWrite())).toBeUndefined();
+      expect(await store.tokens.compareAndSet(tenant.id, 'system', 2, tokenWrite())).toBeUndefined();
+      expect(await store.tokens.get(tenant.id, 'system')).toEqual(v1);
+
+      now += 5_000;
+      const rotated = tokenWrite({ accessExpiresAt: null, accessIssuedAt: null, accessTokenCiphertext: null, scope: null });
+      const v2 = await store.tokens.compareAndSet(tenant.id, 'system', 1, rotated);
+      expect(v2).toEqual({ ...rotated, tenantId: tenant.id, context: 'system', version: 2, updatedAt: now });
+      expect(await store.tokens.compareAndSet(tenant.id, 'system', 1, tokenWrite())).toBeUndefined();
+      expect(await store.tokens.get(tenant.id, 'system')).toEqual(v2);
+    });
+
+    it('keeps contexts apart', async () => {
+      const tenant = await store.tenants.create(newTenant());
+      const system = await store.tokens.compareAndSet(tenant.id, 'system', 0, tokenWrite());
+      const provider = await store.tokens.compareAndSet(tenant.id, 'provider:dr-1', 0, tokenWrite());
+      expect(system?.version).toBe(1);
+      expect(provider?.version).toBe(1);
+      expect(await store.tokens.get(tenant.id, 'provider:dr-1')).toEqual(provider);
+    });
+
+    it('lets exactly one of 20 concurrent compare-and-sets win, for the first write and for a rotation', async () => {
+      const tenant = await store.tenants.create(newTenant());
+      const writes = Array.from({ length: 20 }, () => tokenWrite());
+
+      const firsts = await Promise.all(writes.map((w) => store.tokens.compareAndSet(tenant.id, 'system', 0, w)));
+      const firstWinners = firsts.filter((r) => r !== undefined);
+      expect(firstWinners).toHaveLength(1);
+
+      const rotations = await Promise.all(writes.map((w) => store.tokens.compareAndSet(tenant.id, 'system', 1, w)));
+      const winners = rotations.filter((r) => r !== undefined);
+      expect(winners).toHaveLength(1);
+      const stored = await store.tokens.get(tenant.id, 'system');
+      expect(stored).toEqual(winners[0]);
+      expect(stored?.version).toBe(2);
+      const winnerIndex = rotations.findIndex((r) => r !== undefined);
+      expect(stored?.refreshTokenCiphertext?.equals(writes[winnerIndex]?.refreshTokenCiphertext ?? Buffer.alloc(1))).toBe(true);
+    });
+
+    it('answers TENANT_NOT_FOUND for a token of an unknown tenant', async () => {
+      await expectCode(store.tokens.compareAndSet(`missing-${uid()}`, 'system', 0, tokenWrite()), 'TENANT_NOT_FOUND');
+    });
+  });
+
+  describe('withLock', () => {
+    it('admits one caller at a time (read, await, write never interleaves)', async () => {
+      const tenant = await store.tenants.create(newTenant());
+      let counter = 0;
+      let inside = 0;
+      let maxInside = 0;
+      const callers = 25;
+      await Promise.all(
+        Array.from({ length: callers }, () =>
+          store.tokens.withLock(tenant.id, 'system', async () => {
+            inside++;
+            maxInside = Math.max(maxInside, inside);
+            const read = counter;
+            await sleep(1);
+            counter = read + 1;
+            inside--;
+          }),
+        ),
+      );
+      expect(counter).toBe(callers);
+      expect(maxInside).toBe(1);
+    });
+
+    it('lets the holder use the store, and returns what fn returns', async () => {
+      const tenant = await store.tenants.create(newTenant());
+      // Several concurrent single-flight refreshes: the first finds no token and writes version 1, each later one
+      // reads the current version inside the lock and rotates it. No write is ever lost.
+      const results = await Promise.all(
+        Array.from({ length: 8 }, () =>
+          store.tokens.withLock(tenant.id, 'system', async () => {
+            const current = await store.tokens.get(tenant.id, 'system');
+            const next = await store.tokens.compareAndSet(tenant.id, 'system', current?.version ?? 0, tokenWrite());
+            await store.rateLimits.take(`lock-${tenant.id}`, 100, 1, now);
+            return next?.version;
+          }),
+        ),
+      );
+      expect([...results].sort((a, b) => (a ?? 0) - (b ?? 0))).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+    });
+
+    it('does not block other keys', async () => {
+      const tenant = await store.tenants.create(newTenant());
+      let releaseHolder!: () => void;
+      const holding = store.tokens.withLock(tenant.id, 'system', () => new Promise<void>((resolve) => (releaseHolder = resolve)));
+      await sleep(20);
+      expect(await store.tokens.withLock(tenant.id, 'patient:p-1', async () => 'other context')).toBe('other context');
+      releaseHolder();
+      await holding;
+    });
+
+    it("passes fn's error through and releases the lock", async () => {
+      const tenant = await store.tenants.create(newTenant());
+      await expect(
+        store.tokens.withLock(tenant.id, 'system', async () => {
+          throw new Error('refresh failed');
+        }),
+      ).rejects.toThrow('refresh failed');
+      expect(await store.tokens.withLock(tenant.id, 'system', async () => 'next')).toBe('next');
+    });
+
+    it('fails a waiter with STORE_UNAVAILABLE after lockTimeoutMs, and the lock still works afterwards', async () => {
+      const scratch = open({ lockTimeoutMs: 150 });
+      try {
+        let releaseHolder!: () => void;
+        const holding = scratch.tokens.withLock('t', 'system', () => new Promise<void>((resolve) => (releaseHolder = resolve)));
+        await sleep(20);
+        const started = Date.now();
+        await expectCode(scratch.tokens.withLock('t', 'system', async () => 'never'), 'STORE_UNAVAILABLE');
+        expect(Date.now() - started).toBeGreaterThanOrEqual(140);
+        releaseHolder();
+        await holding;
+        expect(await scratch.tokens.withLock('t', 'system', async () => 'after')).toBe('after');
+      } finally {
+        await scratch.close();
+      }
+    });
+  });
+
+  describe('rate limits', () => {
+    it('serves up to capacity, then says how long to wait', async () => {
+      const key = `rl-${uid()}`;
+      const t0 = 1_000_000;
+      for (let i = 0; i < 3; i++) expect(await store.rateLimits.take(key, 3, 2, t0)).toEqual({ allowed: true, waitMs: 0 });
+      // 2 tokens per second: the next one is 500 ms away.
+      expect(await store.rateLimits.take(key, 3, 2, t0)).toEqual({ allowed: false, waitMs: 500 });
+      expect(await store.rateLimits.take(key, 3, 2, t0 + 200)).toEqual({ allowed: false, waitMs: 300 });
+      expect(await store.rateLimits.take(key, 3, 2, t0 + 500)).toEqual({ allowed: true, waitMs: 0 });
+      expect(await store.rateLimits.take(key, 3, 2, t0 + 500)).toEqual({ allowed: false, waitMs: 500 });
+    });
+
+    it('refills continuously but never beyond capacity', async () => {
+      const key = `rl-${uid()}`;
+      const t0 = 2_000_000;
+      for (let i = 0; i < 5; i++) await store.rateLimits.take(key, 5, 10, t0);
+      // An hour later the bucket is full again: 5 tokens, not 36,000.
+      const later = t0 + 3_600_000;
+      const decisions = [];
+      for (let i = 0; i < 7; i++) decisions.push((await store.rateLimits.take(key, 5, 10, later)).allowed);
+      expect(decisions).toEqual([true, true, true, true, true, false, false]);
+    });
+
+    it('takes a cost of several tokens', async () => {
+      const key = `rl-${uid()}`;
+      expect(await store.rateLimits.take(key, 10, 1, 0, 6)).toEqual({ allowed: true, waitMs: 0 });
+      expect(await store.rateLimits.take(key, 10, 1, 0, 6)).toEqual({ allowed: false, waitMs: 2_000 });
+      expect(await store.rateLimits.take(key, 10, 1, 2_000, 6)).toEqual({ allowed: true, waitMs: 0 });
+    });
+
+    it('does not refill when a caller’s clock is behind the bucket', async () => {
+      const key = `rl-${uid()}`;
+      await store.rateLimits.take(key, 1, 1, 10_000);
+      expect(await store.rateLimits.take(key, 1, 1, 5_000)).toEqual({ allowed: false, waitMs: 1_000 });
+      expect(await store.rateLimits.take(key, 1, 1, 10_999)).toEqual({ allowed: false, waitMs: 1 });
+      expect(await store.rateLimits.take(key, 1, 1, 11_000)).toEqual({ allowed: true, waitMs: 0 });
+    });
+
+    it('never lets concurrent takes exceed capacity', async () => {
+      const key = `rl-${uid()}`;
+      const decisions = await Promise.all(Array.from({ length: 40 }, () => store.rateLimits.take(key, 7, 0.001, 50_000)));
+      expect(decisions.filter((d) => d.allowed)).toHaveLength(7);
+      for (const denied of decisions.filter((d) => !d.allowed)) expect(denied.waitMs).toBeGreaterThan(0);
+    });
+
+    it('refuses impossible parameters with CONFIG_INVALID', async () => {
+      await expectCode(store.rateLimits.take(`rl-${uid()}`, 2, 1, 0, 3), 'CONFIG_INVALID');
+      await expectCode(store.rateLimits.take(`rl-${uid()}`, 0, 1, 0), 'CONFIG_INVALID');
+      await expectCode(store.rateLimits.take(`rl-${uid()}`, 2, 0, 0), 'CONFIG_INVALID');
+      await expectCode(store.rateLimits.take(`rl-${uid()}`, 2, 1, Number.NaN), 'CONFIG_INVALID');
+    });
+  });
+
+  describe('migrations', () => {
+    it('is idempotent, also when called concurrently', async () => {
+      await store.migrate();
+      await Promise.all([store.migrate(), store.migrate()]);
+      expect((await store.tenants.create(newTenant())).version).toBe(1);
+    });
+
+    it('refuses to start when an applied migration was edited, and leaves the data alone', async () => {
+      const openScratch = await backend.database();
+      const first = openScratch();
+      await first.migrate();
+      const tenant = await first.tenants.create(newTenant());
+      await first.close();
+
+      const [init, ...rest] = backend.migrations;
+      if (!init) throw new Error('no migrations');
+      const edited = openScratch({ migrations: [{ ...init, sql: `${init.sql}\n-- a harmless-looking edit` }, ...rest] });
+      const error = await edited.migrate().catch((e: unknown) => e);
+      await edited.close();
+      expect(error).toMatchObject({ code: 'STORE_MIGRATION_FAILED', details: { version: 1 } });
+      expect(String((error as Error).message)).toContain('checksum');
+
+      const again = openScratch();
+      await again.migrate();
+      expect(await again.tenants.get(tenant.id)).toEqual(tenant);
+      await again.close();
+    });
+
+    it('refuses a database migrated by a newer build', async () => {
+      const openScratch = await backend.database();
+      const newer = openScratch({ migrations: [...backend.migrations, { version: backend.migrations.length + 1, name: 'from_the_future', sql: 'CREATE TABLE future_things (id integer PRIMARY KEY)' }] });
+      await newer.migrate();
+      await newer.close();
+      const older = openScratch();
+      await expectCode(older.migrate(), 'STORE_MIGRATION_FAILED');
+      await older.close();
+    });
+
+    it('applies a failing migration not at all, and records nothing for it', async () => {
+      const openScratch = await backend.database();
+      const version = backend.migrations.length + 1;
+      const broken = openScratch({
+        migrations: [...backend.migrations, { version, name: 'broken', sql: 'CREATE TABLE half_done (id integer); CREATE TABLE nope (' }],
+      });
+      await expectCode(broken.migrate(), 'STORE_MIGRATION_FAILED');
+      await broken.close();
+      // half_done was rolled back with the failed statement: creating it again succeeds.
+      const fixed = openScratch({ migrations: [...backend.migrations, { version, name: 'fixed', sql: 'CREATE TABLE half_done (id integer)' }] });
+      await fixed.migrate();
+      await fixed.close();
+    });
+  });
+
+  describe('lifecycle', () => {
+    it('answers STORE_UNAVAILABLE after close, and close is idempotent', async () => {
+      const scratch = open();
+      await scratch.close();
+      await scratch.close();
+      await expectCode(scratch.tenants.list(), 'STORE_UNAVAILABLE');
+      await expectCode(scratch.tokens.withLock('t', 'system', async () => 1), 'STORE_UNAVAILABLE');
+    });
+  });
+});
