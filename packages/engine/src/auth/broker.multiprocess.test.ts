@@ -11,7 +11,7 @@ import { TenantService } from './tenants.js';
 
 // Runs the built engine in child processes (`npm test` builds before vitest).
 const WORKER = fileURLToPath(new URL('./__fixtures__/broker-worker.mjs', import.meta.url));
-const ADMIN_URL = process.env['TETHER_TEST_PG'] ?? 'postgres://postgres@127.0.0.1:5432/test';
+const ADMIN_URL = process.env['TETHER_TEST_PG_URL'] ?? 'postgres://postgres@127.0.0.1:5432/test';
 const PROCESSES = 4;
 const CALLERS = 250;
 const ROUNDS = 3;

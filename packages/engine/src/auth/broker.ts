@@ -135,8 +135,9 @@ export class TokenBroker implements TokenProvider {
     return now >= t.expiresAt - this.refreshWindowMs(t.expiresAt - t.issuedAt);
   }
 
-  #usable(t: { expiresAt: number }, now: number): boolean {
-    return now < t.expiresAt - this.#o.expirySafetyMs;
+  /** Still safe to hand out: more than the safety margin left (at most a tenth of the lifetime for short tokens). */
+  #usable(t: { expiresAt: number; issuedAt: number }, now: number): boolean {
+    return now < t.expiresAt - Math.min(this.#o.expirySafetyMs, 0.1 * (t.expiresAt - t.issuedAt));
   }
 
   async getAccessToken(tenantId: string, context: TokenContext): Promise<string> {
@@ -195,7 +196,12 @@ export class TokenBroker implements TokenProvider {
   #refresh(tenantId: string, context: TokenContext, reason: AuthEventMap['token:refreshed']['reason'], rejected: string | undefined): Promise<CachedToken> {
     const k = key(tenantId, context);
     const running = this.#inflight.get(k);
-    if (running) return running;
+    if (running) {
+      // A refresh started for another reason may end with exactly the token this caller saw rejected (it was
+      // still fresh in the store): then refresh again, for this caller's reason.
+      if (rejected === undefined) return running;
+      return running.then((t) => (t.accessToken === rejected ? this.#refresh(tenantId, context, reason, rejected) : t));
+    }
     const p = this.#refreshOnce(tenantId, context, reason, rejected).finally(() => this.#inflight.delete(k));
     this.#inflight.set(k, p);
     return p;
