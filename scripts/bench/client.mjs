@@ -13,7 +13,7 @@ import { closedLoop, machine, parseArgs, recordMarkdown, round, writeJson } from
 const SERVER = fileURLToPath(new URL('./client-sandbox.mjs', import.meta.url));
 
 export async function run(argv) {
-  const o = parseArgs(argv, { requests: 20_000, concurrency: 16, patients: 1000, warmup: 1000, json: undefined, record: false });
+  const o = parseArgs(argv, { requests: 20_000, concurrency: 16, patients: 1000, warmup: 1000, rounds: 5, json: undefined, record: false, only: undefined });
   const child = fork(SERVER, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env: { ...process.env, PATIENTS: String(o.patients) } });
   const info = await new Promise((resolve, reject) => {
     child.once('message', resolve);
@@ -73,12 +73,32 @@ export async function run(argv) {
         if (body.id !== id(i)) throw new Error('wrong body');
       },
     };
-    const results = [];
-    for (const [subject, fn] of Object.entries(subjects)) {
-      await closedLoop({ total: o.warmup, concurrency: o.concurrency, fn });
-      process.stderr.write(`${subject}: ${o.requests} reads, concurrency ${o.concurrency}...\n`);
-      const r = await closedLoop({ total: o.requests, concurrency: o.concurrency, fn });
-      results.push({ subject, ops: r.ops, errors: r.errors, opsPerSec: round(r.opsPerSec), p50Ms: round(r.p50Ms, 2), p99Ms: round(r.p99Ms, 2) });
+    // Subjects run interleaved in rounds (rotating the order each round) so that drift in the shared sandbox
+    // process (JIT warm-up, GC, the machine's other load) spreads evenly over all of them.
+    const names = Object.keys(subjects).filter((n) => !o.only || o.only === n);
+    for (const n of names) await closedLoop({ total: o.warmup, concurrency: o.concurrency, fn: subjects[n] });
+    const acc = Object.fromEntries(names.map((n) => [n, { ops: 0, errors: 0, seconds: 0, latencies: [] }]));
+    const rounds = o.rounds;
+    for (let r = 0; r < rounds; r++) {
+      const order = names.map((_, i) => names[(i + r) % names.length]);
+      for (const n of order) {
+        const res = await closedLoop({ total: Math.ceil(o.requests / rounds), concurrency: o.concurrency, fn: subjects[n], keepLatencies: true });
+        acc[n].ops += res.ops;
+        acc[n].errors += res.errors;
+        acc[n].seconds += res.seconds;
+        acc[n].latencies.push(...res.latencies);
+      }
+      process.stderr.write(`round ${r + 1}/${rounds} done\n`);
+    }
+    const results = names.map((n) => {
+      const a = acc[n];
+      const sorted = a.latencies.sort((x, y) => x - y);
+      const pct = (p) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? 0;
+      return { subject: n, ops: a.ops, errors: a.errors, opsPerSec: round(a.ops / a.seconds), p50Ms: round(pct(50), 2), p99Ms: round(pct(99), 2) };
+    });
+    if (o.only) {
+      console.table(results);
+      return;
     }
     const by = Object.fromEntries(results.map((r) => [r.subject, r]));
     const ratio = (a, b) => round(by[a].opsPerSec / by[b].opsPerSec, 2);
@@ -95,7 +115,7 @@ export async function run(argv) {
       recordMarkdown(
         'client',
         `## EHR client: GET Patient/{id}\n\nCommand: \`npm run bench -- client --record\`  \nDate: ${out.date.slice(0, 10)}  \nMachine: ${out.machine}  \n` +
-          `Setup: sandbox in its own process (auth on, faults off); each subject reads ${o.requests.toLocaleString('en')} times with ${o.concurrency} concurrent requests after ${o.warmup} warm-up reads, cycling over ${o.patients} Patients (so GET coalescing does not help Tether). ` +
+          `Setup: sandbox in its own process (auth on, faults off); each subject reads ${o.requests.toLocaleString('en')} times with ${o.concurrency} concurrent requests after ${o.warmup} warm-up reads, interleaved in ${o.rounds} rounds with a rotating order, cycling over ${o.patients} Patients (so GET coalescing does not help Tether). ` +
           `raw-undici: an undici Pool with a static token; tether: the Tether client with its auth broker (token from an in-memory SQLite store), breaker, concurrency limiter, trace headers and scope checks on; fhir-kit-client and medplum (\`MedplumClient\`, cache off) with a static token.\n\n` +
           `| subject | requests | errors | ops/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|\n` +
           results.map((r) => `| ${r.subject} | ${r.ops} | ${r.errors} | ${r.opsPerSec} | ${r.p50Ms} | ${r.p99Ms} |`).join('\n') +

@@ -24,7 +24,7 @@ export function parseArgs(argv, defaults) {
  * Runs `total` operations with `concurrency` workers in a closed loop; each op is `fn(i)`. Bounded by count and
  * by `maxSeconds`. Returns ops/s and latency percentiles in ms.
  */
-export async function closedLoop({ total, concurrency, fn, maxSeconds = 300 }) {
+export async function closedLoop({ total, concurrency, fn, maxSeconds = 300, keepLatencies = false }) {
   const latencies = new Float64Array(total);
   let next = 0;
   let done = 0;
@@ -48,7 +48,7 @@ export async function closedLoop({ total, concurrency, fn, maxSeconds = 300 }) {
   const seconds = (performance.now() - started) / 1000;
   const sorted = Array.from(latencies.subarray(0, done)).sort((a, b) => a - b);
   const pct = (p) => (sorted.length === 0 ? 0 : sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]);
-  return { ops: done, errors, seconds, opsPerSec: done / seconds, p50Ms: pct(50), p99Ms: pct(99) };
+  return { ops: done, errors, seconds, opsPerSec: done / seconds, p50Ms: pct(50), p99Ms: pct(99), ...(keepLatencies ? { latencies: sorted } : {}) };
 }
 
 export function machine() {

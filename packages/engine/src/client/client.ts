@@ -258,6 +258,7 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
   const limiters = new Map<string, PriorityLimiter>();
   const origins = new Map<string, OriginState>();
   const coalescer = new Coalescer<EhrResponse>();
+  const parsedBases = new Map<string, URL>();
   const defaultNotApplied: ReadonlySet<number> = new Set(s.writeNotAppliedStatuses);
   let closed = false;
 
@@ -266,9 +267,13 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
   function resolveTarget(target: EhrTarget): ResolvedTarget {
     if (typeof target !== 'object' || target === null) throw invalid('target must be an object.');
     if (typeof target.tenantId !== 'string' || !TENANT_ID.test(target.tenantId)) throw invalid('target.tenantId must be 1-128 printable characters.');
-    let url: URL;
+    let url: URL | undefined = parsedBases.get(target.baseUrl);
     try {
-      url = new URL(target.baseUrl);
+      if (!url) {
+        url = new URL(target.baseUrl);
+        // Parsed once per base URL (a handful per engine), not once per call.
+        if (parsedBases.size < 10_000) parsedBases.set(target.baseUrl, url);
+      }
     } catch {
       throw new TetherError('CONFIG_INVALID', 'target.baseUrl is not an absolute URL.', { details: { tenant: target.tenantId } });
     }
@@ -718,8 +723,12 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
   }
 
   /** Runs a read with retries. `outer` aborts it (caller or coalescer); the deadline is the call's. */
-  async function runRead(call: PreparedCall, outer: AbortSignal | undefined): Promise<EhrResponse> {
-    const scope = openScope(call.deadlineAt, outer);
+  /**
+   * @param shared - true when `outer` is the coalescer's shared signal: it already aborts when the last caller
+   *   leaves (each caller leaves at its own deadline), so no second deadline timer and controller are needed.
+   */
+  async function runRead(call: PreparedCall, outer: AbortSignal | undefined, shared = false): Promise<EhrResponse> {
+    const scope = shared && outer ? { signal: outer, dispose: () => {} } : openScope(call.deadlineAt, outer);
     const state: CallState = { attempts: 0, refreshed: false, token: undefined };
     try {
       for (let round = 1; ; round++) {
@@ -795,7 +804,7 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
       return await coalescer.run(
         key,
         own.signal,
-        (shared) => runRead(call, shared),
+        (shared) => runRead(call, shared, true),
         () => events.emit('http:coalesced', call.facts),
         (reason) => timeoutError(call, reason, 'waiting for a shared request', 0),
       );
