@@ -168,6 +168,30 @@ describe('SMART backend services', () => {
   });
 });
 
+describe('client secret (HTTP Basic)', () => {
+  it('gets a system token with client_credentials and a Basic-authenticated secret', async () => {
+    const secretClient = { client_id: 'basic-app', client_secret: 'S3cret:with/odd chars', scope: 'system/Patient.rs' };
+    const r = await rig({ extraClients: [secretClient] });
+    await r.tenants.register({
+      id: 'accuro-like',
+      vendor: 'accuro',
+      fhirBaseUrl: r.sandbox.fhirBaseUrl,
+      environment: 'sandbox',
+      authMethod: 'client-secret',
+      clientId: 'basic-app',
+      scopes: 'system/Patient.rs',
+      clientSecret: secretClient.client_secret,
+    });
+    const token = await r.broker.getAccessToken('accuro-like', 'system');
+    expect(await fhirStatus(r.sandbox, token)).toBe(200);
+    const view = await r.tenants.get('accuro-like');
+    expect(view.hasClientSecret).toBe(true);
+    expect(JSON.stringify(view)).not.toContain('S3cret');
+    const row = await r.store.tenants.get('accuro-like');
+    expect(row?.credentialsCiphertext?.includes(Buffer.from('S3cret'))).toBe(false);
+  });
+});
+
 describe('failure classes', () => {
   it('refused credentials pause the tenant: an event, and no further token requests until resumed', async () => {
     const r = await rig();
