@@ -110,8 +110,9 @@ describe('SMART backend services', () => {
     const first = await r.broker.getAccessToken('clinic-a', 'system');
     // 3 s lifetime, window 1.5 s: after 1.7 s the token is inside the window but still valid.
     await new Promise((resolve) => setTimeout(resolve, 1_700));
+    const refreshed = new Promise<void>((resolve) => r.broker.events.on('token:refreshed', (p) => p.reason === 'proactive' && resolve()));
     expect(await r.broker.getAccessToken('clinic-a', 'system')).toBe(first);
-    await new Promise((resolve) => setTimeout(resolve, 300));
+    await refreshed;
     const second = await r.broker.getAccessToken('clinic-a', 'system');
     expect(second).not.toBe(first);
     expect(await r.tokenRequests()).toBe(2);
