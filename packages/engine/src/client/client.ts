@@ -22,6 +22,7 @@ import type { Dispatcher } from 'undici';
 import { Circuit } from './circuit.js';
 import { circuitVerdict, classifyReadAttempt, classifyWriteAttempt, codeForReason, codeForStatus } from './classify.js';
 import { Coalescer } from './coalesce.js';
+import { CancelSource, toAbortSignal, type CancelSignal } from './cancel.js';
 import { PriorityLimiter, type Priority, type Release } from './concurrency.js';
 import {
   ClientEvents,
@@ -431,8 +432,8 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
   // ------------------------------------------------------------------------------------------------ plumbing
 
   /** A signal that aborts at the call's deadline or when the caller's (or a shared) signal aborts. */
-  function openScope(deadlineAt: number, outer: AbortSignal | undefined): { signal: AbortSignal; dispose: () => void } {
-    const controller = new AbortController();
+  function openScope(deadlineAt: number, outer: CancelSignal | undefined): { signal: CancelSignal; dispose: () => void } {
+    const controller = new CancelSource();
     const timer = o.timers.setTimeout(() => controller.abort(new CallAbort('deadline')), Math.max(0, deadlineAt - o.clock()));
     const onOuter = (): void => {
       const reason: unknown = outer?.reason;
@@ -481,7 +482,7 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
     });
   }
 
-  async function acquireSlot(call: PreparedCall, signal: AbortSignal): Promise<Release> {
+  async function acquireSlot(call: PreparedCall, signal: CancelSignal): Promise<Release> {
     const limiter = limiterFor(call.target);
     const { release, waited, enqueuedAt } = await limiter.acquire(call.priority, signal, o.clock());
     if (waited) events.emit('queue:waited', { tenant: call.target.tenantId, priority: call.priority, waitedMs: o.clock() - enqueuedAt });
@@ -511,7 +512,7 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
    * Waits for the EHR-ordered pause and the tenant's token bucket. Returns a refusal when a wait would not fit
    * the deadline or the Retry-After cap (nothing is sent then), undefined when the request may go.
    */
-  async function waitForRateLimits(call: PreparedCall, state: OriginState, signal: AbortSignal, attempts: number): Promise<AttemptRecord | undefined> {
+  async function waitForRateLimits(call: PreparedCall, state: OriginState, signal: CancelSignal, attempts: number): Promise<AttemptRecord | undefined> {
     // Normally one wait suffices; more happen when another 429 extends the pause meanwhile. The bound keeps a sleep
     // that returns early (a broken seam) from spinning: after it, the request is refused, never sent early.
     for (let waits = 0; ; waits++) {
@@ -532,7 +533,7 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
         }
         events.emit('http:rate-limited', { ...call.facts, source: 'server', waitMs: pause, waited: true });
         try {
-          await o.sleep(pause, signal);
+          await o.sleep(pause, toAbortSignal(signal));
         } catch {
           return { kind: 'refused', error: timeoutError(call, signal.reason, 'waiting for the EHR rate limit', attempts) };
         }
@@ -562,7 +563,7 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
       }
       events.emit('http:rate-limited', { ...call.facts, source: 'local', waitMs: decision.waitMs, waited: true });
       try {
-        await o.sleep(decision.waitMs, signal);
+        await o.sleep(decision.waitMs, toAbortSignal(signal));
       } catch {
         return { kind: 'refused', error: timeoutError(call, signal.reason, 'waiting for the tenant rate limit', attempts) };
       }
@@ -584,7 +585,7 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
   }
 
   /** One send through breaker, pauses, rate limit and token; records the attempt. */
-  async function sendOne(call: PreparedCall, state: CallState, signal: AbortSignal, refreshedToken?: string): Promise<AttemptRecord> {
+  async function sendOne(call: PreparedCall, state: CallState, signal: CancelSignal, refreshedToken?: string): Promise<AttemptRecord> {
     // Calls still queued when close() ran must not reopen a pool.
     if (closed) {
       return { kind: 'refused', error: new TetherError('SERVICE_UNAVAILABLE', 'The EHR client is closed.', { details: detailsOf(call, state.attempts) }) };
@@ -690,7 +691,7 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
    * therefore not a "retry of a write with unknown outcome". It happens at most once per call: a second 401 is
    * final (`EHR_UNAUTHORIZED`), so a broken token never turns into a loop.
    */
-  async function sendWithAuth(call: PreparedCall, state: CallState, signal: AbortSignal): Promise<AttemptRecord> {
+  async function sendWithAuth(call: PreparedCall, state: CallState, signal: CancelSignal): Promise<AttemptRecord> {
     const first = await sendOne(call, state, signal);
     if (first.kind !== 'sent' || first.result.kind !== 'response' || first.result.status !== 401 || state.refreshed) return first;
     state.refreshed = true;
@@ -727,7 +728,7 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
    * @param shared - true when `outer` is the coalescer's shared signal: it already aborts when the last caller
    *   leaves (each caller leaves at its own deadline), so no second deadline timer and controller are needed.
    */
-  async function runRead(call: PreparedCall, outer: AbortSignal | undefined, shared = false): Promise<EhrResponse> {
+  async function runRead(call: PreparedCall, outer: CancelSignal | undefined, shared = false): Promise<EhrResponse> {
     const scope = shared && outer ? { signal: outer, dispose: () => {} } : openScope(call.deadlineAt, outer);
     const state: CallState = { attempts: 0, refreshed: false, token: undefined };
     try {
@@ -782,7 +783,7 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
           retryAfter: retryAfterMs !== undefined,
         });
         try {
-          await o.sleep(delay, scope.signal);
+          await o.sleep(delay, toAbortSignal(scope.signal));
         } catch (reason) {
           throw timeoutError(call, reason, 'waiting to retry', state.attempts);
         }

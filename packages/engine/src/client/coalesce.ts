@@ -6,11 +6,12 @@
  * left (cancelled or hit its own deadline). Each caller still leaves at its own deadline. The shared request runs
  * under the first caller's deadline, priority and correlation id.
  */
+import { CancelSource, type CancelSignal } from './cancel.js';
 import { CallAbort } from './transport.js';
 
 interface InFlight<T> {
   readonly promise: Promise<T>;
-  readonly controller: AbortController;
+  readonly controller: CancelSource;
   refs: number;
 }
 
@@ -30,12 +31,12 @@ export class Coalescer<T> {
    * @param onJoin - called when this caller joined an existing request rather than starting one.
    * @param onLeave - maps this caller's abort reason to the error it rejects with.
    */
-  run(key: string, signal: AbortSignal, start: (shared: AbortSignal) => Promise<T>, onJoin: () => void, onLeave: (reason: unknown) => unknown): Promise<T> {
+  run(key: string, signal: CancelSignal, start: (shared: CancelSignal) => Promise<T>, onJoin: () => void, onLeave: (reason: unknown) => unknown): Promise<T> {
     let entry = this.#inFlight.get(key);
     if (entry) {
       onJoin();
     } else {
-      const controller = new AbortController();
+      const controller = new CancelSource();
       const promise = start(controller.signal);
       const created: InFlight<T> = { promise, controller, refs: 0 };
       entry = created;

@@ -1,3 +1,4 @@
+import type { CancelSignal } from './cancel.js';
 /**
  * Per-tenant concurrency limit with two priorities.
  *
@@ -63,7 +64,7 @@ export class PriorityLimiter {
    * @returns the release function; call it exactly when the request is done (further calls are ignored).
    * @throws `signal.reason` when the signal aborts before a slot is granted.
    */
-  acquire(priority: Priority, signal: AbortSignal, now: number): Promise<{ release: Release; waited: boolean; enqueuedAt: number }> {
+  acquire(priority: Priority, signal: CancelSignal, now: number): Promise<{ release: Release; waited: boolean; enqueuedAt: number }> {
     if (signal.aborted) return Promise.reject(signal.reason);
     if (this.waiting === 0 && this.#inFlight < this.#max) {
       this.#inFlight++;

@@ -1,3 +1,4 @@
+import type { CancelSignal } from './cancel.js';
 /**
  * One HTTP attempt over an undici dispatcher, recording the one fact every write classification depends on:
  * **could any byte of the request have left this process?**
@@ -35,7 +36,7 @@ export interface TransportRequest {
   /** What to report when {@link TransportRequest.timeoutMs} runs out. */
   readonly timeoutReason: 'attempt-timeout' | 'deadline';
   /** Aborts the attempt (caller cancelled, or the call's deadline passed). Its reason must be a {@link CallAbort}. */
-  readonly signal: AbortSignal;
+  readonly signal: CancelSignal;
 }
 
 export type TransportResult =
