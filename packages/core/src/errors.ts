@@ -122,6 +122,13 @@ export const ERROR_CATALOGUE = {
   // Store (engine).
   STORE_UNAVAILABLE: spec(C.Transient, T, 503, 'transient', 'The database could not be reached or timed out.'),
   STORE_MIGRATION_FAILED: spec(C.Config, P, 500, 'exception', 'A schema migration failed; the store refuses to start.'),
+  // Write-back commands (engine).
+  COMMAND_INVALID: spec(C.Validation, P, 400, 'invalid', 'A command does not match the command schema (the message names the field, never its value).'),
+  COMMAND_NOT_FOUND: spec(C.NotFound, P, 404, 'not-found', 'No command has that id.'),
+  COMMAND_NOT_RETRYABLE: spec(C.Conflict, P, 409, 'business-rule', "The operator action is not allowed in the command's current state."),
+  COMMAND_STATE_CONFLICT: spec(C.Conflict, T, 409, 'conflict', 'The command changed concurrently (version mismatch); re-read it and try again.'),
+  IDEMPOTENCY_KEY_REUSED: spec(C.Validation, P, 422, 'business-rule', 'The idempotency key was already used for a different payload.'),
+  IDEMPOTENCY_KEY_IN_PROGRESS: spec(C.Conflict, T, 409, 'conflict', 'A request with this idempotency key is still being accepted; retry shortly.'),
   // Service state.
   SERVICE_UNAVAILABLE: spec(C.Transient, T, 503, 'transient', 'The service is starting or stopping; retry shortly.'),
   // Configuration and startup.

@@ -3,6 +3,7 @@ export { loadOrCreateDemoClient, DEMO_CLIENT_ID, DEMO_CLIENT_SCOPE } from './cli
 export * from './auth/index.js';
 export * from './store/index.js';
 export * from './client/index.js';
+export * from './writeback/index.js';
 // Both the store and the client define a rate-limit decision; the store's is the persisted one.
 export type { RateLimitDecision } from './store/index.js';
 export type { RateLimitDecision as ClientRateLimitDecision } from './client/index.js';

@@ -2,6 +2,27 @@ import { createHash } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import { TetherError } from '@tether/core';
+import {
+  attemptFromRow,
+  commandFromRow,
+  eventFromRow,
+  idempotentReplay,
+  patchColumns,
+  sqlStateList,
+  validateActor,
+  validateAttempt,
+  validateCommandId,
+  validateCommandPatch,
+  validateEvent,
+  validateFilter,
+  validateLease,
+  validateNewCommand,
+  WAITING_STATES,
+  WORKING_STATES,
+  type AttemptRow,
+  type CommandRow,
+  type EventRow,
+} from './command-rows.js';
 import { fromPgError, type ConstraintCodes } from './driver-errors.js';
 import { KeyedMutex, lockTimeoutError } from './keyed-mutex.js';
 import {
@@ -37,6 +58,16 @@ import {
   type TokenRow,
 } from './records.js';
 import type {
+  CommandAttemptRecord,
+  CommandEventRecord,
+  CommandFilter,
+  CommandPatch,
+  CommandRecord,
+  CommandRepo,
+  InsertResult,
+  LeaseRequest,
+  NewCommand,
+  NewCommandEvent,
   NewTenant,
   RateLimitDecision,
   RateLimitRepo,
@@ -120,6 +151,92 @@ ON CONFLICT (key) DO NOTHING
 RETURNING key`;
 
 /**
+ * Inserts a command with the next generation of its business key. Runs after `pg_advisory_xact_lock` on the
+ * business key, so concurrent submissions of one key get generations 1, 2, 3... without a unique violation.
+ */
+const INSERT_COMMAND = `
+INSERT INTO commands (
+  id, tenant_id, context, action, resource_type, business_key, idempotency_key, payload_hash, resource, priority,
+  state, state_reason, attempts, attempt_seq, budget_started_at, next_attempt_at, lease_owner, lease_expires_at,
+  ehr_id, ehr_version, source_timestamp, generation, requested_by, deadline_at, created_at, updated_at, version
+) VALUES (
+  $1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10,
+  'queued', NULL, 0, 0, $11, $11, NULL, NULL,
+  NULL, $12, $13,
+  (SELECT COALESCE(MAX(generation), 0) + 1 FROM commands WHERE tenant_id = $2 AND business_key = $6),
+  $14, $15, $11, $11, 1
+)
+RETURNING *`;
+
+const INSERT_EVENT = `
+INSERT INTO command_events (command_id, at, kind, actor, from_state, to_state, reason)
+VALUES ($1, $2, $3, $4, $5, $6, $7)`;
+
+/**
+ * Due commands, best first (see the SQLite twin for the rules). `FOR UPDATE SKIP LOCKED`: rows another worker is
+ * leasing right now are skipped instead of waited for, so workers never queue behind each other.
+ *
+ * $1 now, $2 tenant id or NULL, $3 how many candidates to scan.
+ */
+const LEASE_CANDIDATES = `
+SELECT c.id, c.tenant_id, c.business_key
+FROM commands AS c
+WHERE ((c.state IN ${sqlStateList(WAITING_STATES)} AND c.next_attempt_at <= $1)
+    OR (c.state IN ${sqlStateList(WORKING_STATES)} AND (c.lease_expires_at IS NULL OR c.lease_expires_at <= $1)))
+  AND ($2::text IS NULL OR c.tenant_id = $2)
+  AND NOT EXISTS (
+    SELECT 1 FROM commands AS sibling
+    WHERE sibling.tenant_id = c.tenant_id
+      AND sibling.business_key = c.business_key
+      AND sibling.id <> c.id
+      AND sibling.lease_owner IS NOT NULL
+      AND sibling.lease_expires_at > $1)
+ORDER BY CASE c.priority WHEN 'interactive' THEN 0 ELSE 1 END, c.next_attempt_at, c.generation, c.created_at, c.id
+LIMIT $3
+FOR UPDATE OF c SKIP LOCKED`;
+
+/**
+ * Takes the lease of one candidate, re-checking the per-key rule. The caller holds the transaction-scoped
+ * advisory lock of the business key, and this statement's snapshot is taken after it was granted: it sees every
+ * lease committed by an earlier holder, so two workers can never both lease commands of one key.
+ *
+ * $1 id, $2 owner, $3 lease end, $4 now (caller's clock, for liveness), $5 updated_at.
+ */
+const LEASE_ONE = `
+UPDATE commands AS c
+SET state            = CASE WHEN c.state IN ${sqlStateList(WAITING_STATES)} THEN 'in_flight' ELSE c.state END,
+    lease_owner      = $2,
+    lease_expires_at = $3,
+    attempts         = c.attempts + 1,
+    attempt_seq      = c.attempt_seq + 1,
+    version          = c.version + 1,
+    updated_at       = $5
+WHERE c.id = $1
+  AND NOT EXISTS (
+    SELECT 1 FROM commands AS sibling
+    WHERE sibling.tenant_id = c.tenant_id
+      AND sibling.business_key = c.business_key
+      AND sibling.id <> c.id
+      AND sibling.lease_owner IS NOT NULL
+      AND sibling.lease_expires_at > $4)
+RETURNING *`;
+
+/** $1 id, $2 owner, $3 expected version, $4 now, $5 new lease end, $6 updated_at. */
+const EXTEND_LEASE = `
+UPDATE commands
+SET lease_expires_at = $5, version = version + 1, updated_at = $6
+WHERE id = $1 AND lease_owner = $2 AND version = $3 AND lease_expires_at > $4
+RETURNING *`;
+
+const INSERT_ATTEMPT = `
+INSERT INTO command_attempts (
+  command_id, n, worker, started_at, ended_at, outcome, error_code, error_category, ehr_status, verification,
+  correlation_id, steps
+) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+ON CONFLICT (command_id, n) DO NOTHING
+RETURNING n`;
+
+/**
  * The distributed store: PostgreSQL through a `pg` pool. Any number of engine processes may share one database.
  *
  * Two pools: queries run on the query pool (`poolSize`); `withLock` holds its session-level advisory locks on
@@ -134,6 +251,7 @@ export class PostgresStore implements Store {
   readonly tenants: TenantRepo;
   readonly tokens: TokenRepo;
   readonly rateLimits: RateLimitRepo;
+  readonly commands: CommandRepo;
 
   readonly #clock: () => number;
   readonly #log: (line: StoreLogLine) => void;
@@ -181,6 +299,17 @@ export class PostgresStore implements Store {
     };
     this.rateLimits = {
       take: async (key, capacity, refillPerSecond, now, cost = 1) => this.#take(key, capacity, refillPerSecond, now, cost),
+    };
+    this.commands = {
+      insert: async (command, actor) => this.#insertCommand(command, actor),
+      get: async (id) => this.#getCommand(id),
+      list: async (filter) => this.#listCommands(filter ?? {}),
+      lease: async (request) => this.#lease(request),
+      extendLease: async (id, owner, expectedVersion, now, until) => this.#extendLease(id, owner, expectedVersion, now, until),
+      transition: async (id, expectedVersion, patch, event) => this.#transition(id, expectedVersion, patch, event),
+      appendAttempt: async (attempt) => this.#appendAttempt(attempt),
+      attempts: async (commandId) => this.#attempts(commandId),
+      events: async (commandId) => this.#events(commandId),
     };
   }
 
@@ -448,5 +577,191 @@ export class PostgresStore implements Store {
       TAKE_EPSILON,
     ]);
     return row && decideTake(row.refilled, args).decision;
+  }
+
+  // ---------------------------------------------------------------------------------------------- commands
+
+  /**
+   * Runs `fn` in a transaction on one pooled connection. Rolls back on any error; a connection whose rollback
+   * fails is destroyed rather than returned to the pool.
+   */
+  async #transaction<T>(action: string, fn: (client: pg.PoolClient) => Promise<T>, constraints?: ConstraintCodes): Promise<T> {
+    this.#assertOpen();
+    let client: pg.PoolClient;
+    try {
+      client = await this.#pool.connect();
+    } catch (err) {
+      throw fromPgError(err, action);
+    }
+    let broken = false;
+    try {
+      await client.query('BEGIN');
+      const result = await fn(client);
+      await client.query('COMMIT');
+      return result;
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => {
+        broken = true;
+      });
+      throw fromPgError(err, action, constraints);
+    } finally {
+      client.release(broken ? true : undefined);
+    }
+  }
+
+  async #insertCommand(input: NewCommand, actor: string): Promise<InsertResult> {
+    const c = validateNewCommand(input);
+    validateActor(actor);
+    try {
+      return await this.#transaction(
+        'insert command',
+        async (client) => {
+          // Serialises submissions of one business key (their generations) until commit; other keys run freely.
+          await client.query('SELECT pg_advisory_xact_lock($1::bigint)', [advisoryLockKey('tether', 'command-key', c.tenantId, c.businessKey)]);
+          if (c.idempotencyKey !== null) {
+            const existing = await client.query<CommandRow>('SELECT * FROM commands WHERE tenant_id = $1 AND idempotency_key = $2', [c.tenantId, c.idempotencyKey]);
+            const row = existing.rows[0];
+            if (row) return idempotentReplay(commandFromRow(row), c.payloadHash);
+          }
+          const now = this.#clock();
+          const inserted = await client.query<CommandRow>(INSERT_COMMAND, [
+            c.id,
+            c.tenantId,
+            c.context,
+            c.action,
+            c.resourceType,
+            c.businessKey,
+            c.idempotencyKey,
+            c.payloadHash,
+            JSON.stringify(c.resource),
+            c.priority,
+            now,
+            c.ehrVersion,
+            c.sourceTimestamp,
+            c.requestedBy,
+            c.deadlineAt,
+          ]);
+          const row = inserted.rows[0];
+          if (!row) throw new TetherError('INTERNAL', 'Command insert returned no row.');
+          await client.query(INSERT_EVENT, [c.id, now, 'submitted', actor, null, 'queued', null]);
+          return { command: commandFromRow(row), created: true };
+        },
+        { foreignKey: 'TENANT_NOT_FOUND', unique: 'IDEMPOTENCY_KEY_IN_PROGRESS' },
+      );
+    } catch (err) {
+      // A unique violation here is the idempotency index: a submission with the same key but another business key
+      // committed between our check and our insert. Read the winner and answer as if we had seen it.
+      if (err instanceof TetherError && err.code === 'IDEMPOTENCY_KEY_IN_PROGRESS' && c.idempotencyKey !== null) {
+        const [row] = await this.#query<CommandRow>('insert command', 'SELECT * FROM commands WHERE tenant_id = $1 AND idempotency_key = $2', [c.tenantId, c.idempotencyKey]);
+        if (row) return idempotentReplay(commandFromRow(row), c.payloadHash);
+      }
+      throw err;
+    }
+  }
+
+  async #getCommand(id: string): Promise<CommandRecord | undefined> {
+    validateCommandId(id);
+    const [row] = await this.#query<CommandRow>('get command', 'SELECT * FROM commands WHERE id = $1', [id]);
+    return row && commandFromRow(row);
+  }
+
+  async #listCommands(filter: CommandFilter): Promise<CommandRecord[]> {
+    const f = validateFilter(filter);
+    const where: string[] = [];
+    const params: unknown[] = [];
+    if (f.tenantId !== undefined) {
+      params.push(f.tenantId);
+      where.push(`tenant_id = $${params.length}`);
+    }
+    if (f.businessKey !== undefined) {
+      params.push(f.businessKey);
+      where.push(`business_key = $${params.length}`);
+    }
+    if (f.states !== undefined) {
+      params.push(f.states);
+      where.push(`state = ANY($${params.length}::text[])`);
+    }
+    params.push(f.limit);
+    // COLLATE "C" on the tie-breaker: byte order, as SQLite sorts.
+    const sql = `SELECT * FROM commands${where.length > 0 ? ` WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at, id COLLATE "C" LIMIT $${params.length}`;
+    return (await this.#query<CommandRow>('list commands', sql, params)).map(commandFromRow);
+  }
+
+  async #lease(request: LeaseRequest): Promise<CommandRecord[]> {
+    const r = validateLease(request);
+    return this.#transaction('lease commands', async (client) => {
+      const candidates = await client.query<{ id: string; tenant_id: string; business_key: string }>(LEASE_CANDIDATES, [r.now, r.tenantId ?? null, r.limit * 4 + 8]);
+      const leased: CommandRecord[] = [];
+      for (const candidate of candidates.rows) {
+        if (leased.length >= r.limit) break;
+        // Non-blocking: if another transaction is leasing (or submitting) this key right now, skip it this round.
+        const key = advisoryLockKey('tether', 'command-key', candidate.tenant_id, candidate.business_key);
+        const locked = await client.query<{ ok: boolean }>('SELECT pg_try_advisory_xact_lock($1::bigint) AS ok', [key]);
+        if (locked.rows[0]?.ok !== true) continue;
+        const updated = await client.query<CommandRow>(LEASE_ONE, [candidate.id, r.owner, r.now + r.leaseMs, r.now, this.#clock()]);
+        const row = updated.rows[0];
+        if (row) leased.push(commandFromRow(row));
+      }
+      return leased;
+    });
+  }
+
+  async #extendLease(id: string, owner: string, expectedVersion: number, now: number, until: number): Promise<CommandRecord | undefined> {
+    validateCommandId(id);
+    validateActor(owner);
+    validateVersion(expectedVersion, 'expectedVersion');
+    validateVersion(now, 'now');
+    validateVersion(until, 'until');
+    const [row] = await this.#query<CommandRow>('extend lease', EXTEND_LEASE, [id, owner, expectedVersion, now, until, this.#clock()]);
+    return row && commandFromRow(row);
+  }
+
+  async #transition(id: string, expectedVersion: number, patch: CommandPatch, event: NewCommandEvent | undefined): Promise<CommandRecord | undefined> {
+    validateCommandId(id);
+    validateVersion(expectedVersion, 'expectedVersion');
+    const changes = patchColumns(validateCommandPatch(patch));
+    if (event) validateEvent(event);
+    // Column names come from the fixed map in command-rows.ts, never from the caller; values are bound.
+    // $1 id, $2 expected version, $3 now.
+    const sets = changes.map((change, i) => `${change.column} = $${i + 4}, `).join('');
+    const sql = `UPDATE commands SET ${sets}version = version + 1, updated_at = $3 WHERE id = $1 AND version = $2 RETURNING *`;
+    return this.#transaction(
+      'transition command',
+      async (client) => {
+        // The row lock makes the compare, the update and the event one atomic step.
+        const before = await client.query<{ state: string; version: number }>('SELECT state, version FROM commands WHERE id = $1 FOR UPDATE', [id]);
+        const current = before.rows[0];
+        if (!current) throw new TetherError('COMMAND_NOT_FOUND');
+        if (current.version !== expectedVersion) return undefined;
+        const now = this.#clock();
+        const updated = await client.query<CommandRow>(sql, [id, expectedVersion, now, ...changes.map((c) => c.value)]);
+        const row = updated.rows[0];
+        if (!row) return undefined;
+        if (event) await client.query(INSERT_EVENT, [id, now, event.kind, event.actor, current.state, row.state, event.reason]);
+        return commandFromRow(row);
+      },
+      { check: 'COMMAND_INVALID' },
+    );
+  }
+
+  async #appendAttempt(attempt: CommandAttemptRecord): Promise<boolean> {
+    const a = validateAttempt(attempt);
+    const rows = await this.#query(
+      'append command attempt',
+      INSERT_ATTEMPT,
+      [a.commandId, a.n, a.worker, a.startedAt, a.endedAt, a.outcome, a.errorCode, a.errorCategory, a.ehrStatus, a.verification, a.correlationId, a.steps],
+      { foreignKey: 'COMMAND_NOT_FOUND' },
+    );
+    return rows.length === 1;
+  }
+
+  async #attempts(commandId: string): Promise<CommandAttemptRecord[]> {
+    validateCommandId(commandId);
+    return (await this.#query<AttemptRow>('list command attempts', 'SELECT * FROM command_attempts WHERE command_id = $1 ORDER BY n', [commandId])).map(attemptFromRow);
+  }
+
+  async #events(commandId: string): Promise<CommandEventRecord[]> {
+    validateCommandId(commandId);
+    return (await this.#query<EventRow>('list command events', 'SELECT * FROM command_events WHERE command_id = $1 ORDER BY seq', [commandId])).map(eventFromRow);
   }
 }

@@ -1,5 +1,26 @@
 import Database from 'better-sqlite3';
 import { TetherError } from '@tether/core';
+import {
+  attemptFromRow,
+  commandFromRow,
+  idempotentReplay,
+  eventFromRow,
+  patchColumns,
+  sqlStateList,
+  validateActor,
+  validateAttempt,
+  validateCommandId,
+  validateCommandPatch,
+  validateEvent,
+  validateFilter,
+  validateLease,
+  validateNewCommand,
+  WAITING_STATES,
+  WORKING_STATES,
+  type AttemptRow,
+  type CommandRow,
+  type EventRow,
+} from './command-rows.js';
 import { fromSqliteError, type ConstraintCodes } from './driver-errors.js';
 import { KeyedMutex } from './keyed-mutex.js';
 import {
@@ -27,6 +48,16 @@ import {
   type TokenRow,
 } from './records.js';
 import type {
+  CommandAttemptRecord,
+  CommandEventRecord,
+  CommandFilter,
+  CommandPatch,
+  CommandRecord,
+  CommandRepo,
+  InsertResult,
+  LeaseRequest,
+  NewCommand,
+  NewCommandEvent,
   NewTenant,
   RateLimitDecision,
   RateLimitRepo,
@@ -72,6 +103,74 @@ SET access_token_ciphertext  = @accessTokenCiphertext,
 WHERE tenant_id = @tenantId AND context = @context AND version = @expectedVersion
 RETURNING *`;
 
+const INSERT_COMMAND = `
+INSERT INTO commands (
+  id, tenant_id, context, action, resource_type, business_key, idempotency_key, payload_hash, resource, priority,
+  state, state_reason, attempts, attempt_seq, budget_started_at, next_attempt_at, lease_owner, lease_expires_at,
+  ehr_id, ehr_version, source_timestamp, generation, requested_by, deadline_at, created_at, updated_at, version
+) VALUES (
+  @id, @tenantId, @context, @action, @resourceType, @businessKey, @idempotencyKey, @payloadHash, @resource, @priority,
+  'queued', NULL, 0, 0, @now, @now, NULL, NULL,
+  NULL, @ehrVersion, @sourceTimestamp,
+  (SELECT COALESCE(MAX(generation), 0) + 1 FROM commands WHERE tenant_id = @tenantId AND business_key = @businessKey),
+  @requestedBy, @deadlineAt, @now, @now, 1
+)
+RETURNING *`;
+
+const INSERT_EVENT = `
+INSERT INTO command_events (command_id, at, kind, actor, from_state, to_state, reason)
+VALUES (@commandId, @at, @kind, @actor, @fromState, @toState, @reason)`;
+
+/**
+ * Due commands, best first: waiting ones whose time has come, and working ones whose lease expired (their worker
+ * died or stalled). A command is skipped while another command of its (tenant, business key) holds a live lease:
+ * at most one attempt in flight per clinical object (DESIGN §5 step 1).
+ */
+const LEASE_CANDIDATES = `
+SELECT c.id, c.tenant_id, c.business_key
+FROM commands AS c
+WHERE ((c.state IN ${sqlStateList(WAITING_STATES)} AND c.next_attempt_at <= @now)
+    OR (c.state IN ${sqlStateList(WORKING_STATES)} AND (c.lease_expires_at IS NULL OR c.lease_expires_at <= @now)))
+  AND (@tenantId IS NULL OR c.tenant_id = @tenantId)
+  AND NOT EXISTS (
+    SELECT 1 FROM commands AS sibling
+    WHERE sibling.tenant_id = c.tenant_id
+      AND sibling.business_key = c.business_key
+      AND sibling.id <> c.id
+      AND sibling.lease_owner IS NOT NULL
+      AND sibling.lease_expires_at > @now)
+ORDER BY CASE c.priority WHEN 'interactive' THEN 0 ELSE 1 END, c.next_attempt_at, c.generation, c.created_at, c.id
+LIMIT @scan`;
+
+/** Takes the lease; a waiting command becomes in_flight, a working one keeps its state (the worker resumes it). */
+const LEASE_ONE = `
+UPDATE commands
+SET state            = CASE WHEN state IN ${sqlStateList(WAITING_STATES)} THEN 'in_flight' ELSE state END,
+    lease_owner      = @owner,
+    lease_expires_at = @until,
+    attempts         = attempts + 1,
+    attempt_seq      = attempt_seq + 1,
+    version          = version + 1,
+    updated_at       = @updatedAt
+WHERE id = @id
+RETURNING *`;
+
+const EXTEND_LEASE = `
+UPDATE commands
+SET lease_expires_at = @until, version = version + 1, updated_at = @updatedAt
+WHERE id = @id AND lease_owner = @owner AND version = @expectedVersion AND lease_expires_at > @now
+RETURNING *`;
+
+const INSERT_ATTEMPT = `
+INSERT INTO command_attempts (
+  command_id, n, worker, started_at, ended_at, outcome, error_code, error_category, ehr_status, verification,
+  correlation_id, steps
+) VALUES (
+  @commandId, @n, @worker, @startedAt, @endedAt, @outcome, @errorCode, @errorCategory, @ehrStatus, @verification,
+  @correlationId, @steps
+)
+ON CONFLICT (command_id, n) DO NOTHING`;
+
 const SAVE_BUCKET = `
 INSERT INTO rate_limit_buckets (key, tokens, updated_at) VALUES (@key, @tokens, @updatedAt)
 ON CONFLICT (key) DO UPDATE SET tokens = excluded.tokens, updated_at = excluded.updated_at`;
@@ -107,6 +206,7 @@ export class SqliteStore implements Store {
   readonly tenants: TenantRepo;
   readonly tokens: TokenRepo;
   readonly rateLimits: RateLimitRepo;
+  readonly commands: CommandRepo;
 
   readonly #clock: () => number;
   readonly #migrations: readonly Migration[];
@@ -135,6 +235,17 @@ export class SqliteStore implements Store {
     };
     this.rateLimits = {
       take: async (key, capacity, refillPerSecond, now, cost = 1) => this.#take(key, capacity, refillPerSecond, now, cost),
+    };
+    this.commands = {
+      insert: async (command, actor) => this.#insertCommand(command, actor),
+      get: async (id) => this.#getCommand(id),
+      list: async (filter) => this.#listCommands(filter ?? {}),
+      lease: async (request) => this.#lease(request),
+      extendLease: async (id, owner, expectedVersion, now, until) => this.#extendLease(id, owner, expectedVersion, now, until),
+      transition: async (id, expectedVersion, patch, event) => this.#transition(id, expectedVersion, patch, event),
+      appendAttempt: async (attempt) => this.#appendAttempt(attempt),
+      attempts: async (commandId) => this.#attempts(commandId),
+      events: async (commandId) => this.#events(commandId),
     };
   }
 
@@ -333,6 +444,148 @@ export class SqliteStore implements Store {
           return decision;
         })
         .immediate(),
+    );
+  }
+
+  // ---------------------------------------------------------------------------------------------- commands
+
+  #insertCommand(input: NewCommand, actor: string): InsertResult {
+    const c = validateNewCommand(input);
+    validateActor(actor);
+    return this.#run(
+      'insert command',
+      (db) =>
+        // IMMEDIATE: the idempotency check, the generation and the insert happen under SQLite's write lock.
+        db
+          .transaction((): InsertResult => {
+            if (c.idempotencyKey !== null) {
+              const existing = this.#statement('SELECT * FROM commands WHERE tenant_id = ? AND idempotency_key = ?').get(c.tenantId, c.idempotencyKey) as
+                | CommandRow
+                | undefined;
+              if (existing) return idempotentReplay(commandFromRow(existing), c.payloadHash);
+            }
+            const now = this.#clock();
+            const row = this.#statement(INSERT_COMMAND).get({ ...c, resource: JSON.stringify(c.resource), now }) as CommandRow;
+            this.#statement(INSERT_EVENT).run({ commandId: c.id, at: now, kind: 'submitted', actor, fromState: null, toState: 'queued', reason: null });
+            return { command: commandFromRow(row), created: true };
+          })
+          .immediate(),
+      { foreignKey: 'TENANT_NOT_FOUND', unique: 'COMMAND_INVALID' },
+    );
+  }
+
+  #getCommand(id: string): CommandRecord | undefined {
+    validateCommandId(id);
+    const row = this.#run('get command', () => this.#statement('SELECT * FROM commands WHERE id = ?').get(id) as CommandRow | undefined);
+    return row && commandFromRow(row);
+  }
+
+  #listCommands(filter: CommandFilter): CommandRecord[] {
+    const f = validateFilter(filter);
+    const where: string[] = [];
+    const params: Record<string, unknown> = { limit: f.limit };
+    if (f.tenantId !== undefined) {
+      where.push('tenant_id = @tenantId');
+      params['tenantId'] = f.tenantId;
+    }
+    if (f.businessKey !== undefined) {
+      where.push('business_key = @businessKey');
+      params['businessKey'] = f.businessKey;
+    }
+    if (f.states !== undefined) {
+      // States are validated against the fixed list; bound as parameters all the same.
+      where.push(`state IN (${f.states.map((_, i) => `@s${i}`).join(', ')})`);
+      f.states.forEach((state, i) => (params[`s${i}`] = state));
+    }
+    const sql = `SELECT * FROM commands${where.length > 0 ? ` WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at, id LIMIT @limit`;
+    return this.#run('list commands', () => (this.#statement(sql).all(params) as CommandRow[]).map(commandFromRow));
+  }
+
+  #lease(request: LeaseRequest): CommandRecord[] {
+    const r = validateLease(request);
+    return this.#run('lease commands', (db) =>
+      db
+        .transaction((): CommandRecord[] => {
+          // Scan a few more candidates than wanted: two of one business key can be due at once, and only one of
+          // them may be leased.
+          const candidates = this.#statement(LEASE_CANDIDATES).all({ now: r.now, tenantId: r.tenantId ?? null, scan: r.limit * 4 + 8 }) as {
+            id: string;
+            tenant_id: string;
+            business_key: string;
+          }[];
+          const keys = new Set<string>();
+          const leased: CommandRecord[] = [];
+          for (const candidate of candidates) {
+            if (leased.length >= r.limit) break;
+            const key = JSON.stringify([candidate.tenant_id, candidate.business_key]);
+            if (keys.has(key)) continue;
+            keys.add(key);
+            const row = this.#statement(LEASE_ONE).get({ id: candidate.id, owner: r.owner, until: r.now + r.leaseMs, updatedAt: this.#clock() }) as CommandRow;
+            leased.push(commandFromRow(row));
+          }
+          return leased;
+        })
+        .immediate(),
+    );
+  }
+
+  #extendLease(id: string, owner: string, expectedVersion: number, now: number, until: number): CommandRecord | undefined {
+    validateCommandId(id);
+    validateActor(owner);
+    validateVersion(expectedVersion, 'expectedVersion');
+    validateVersion(now, 'now');
+    validateVersion(until, 'until');
+    const row = this.#run('extend lease', () => this.#statement(EXTEND_LEASE).get({ id, owner, expectedVersion, now, until, updatedAt: this.#clock() }) as CommandRow | undefined);
+    return row && commandFromRow(row);
+  }
+
+  #transition(id: string, expectedVersion: number, patch: CommandPatch, event: NewCommandEvent | undefined): CommandRecord | undefined {
+    validateCommandId(id);
+    validateVersion(expectedVersion, 'expectedVersion');
+    const changes = patchColumns(validateCommandPatch(patch));
+    if (event) validateEvent(event);
+    // Column names come from the fixed map in command-rows.ts, never from the caller; values are bound.
+    const sets = changes.map((change, i) => `${change.column} = @v${i}, `).join('');
+    const sql = `UPDATE commands SET ${sets}version = version + 1, updated_at = @now WHERE id = @id AND version = @expectedVersion RETURNING *`;
+    return this.#run(
+      'transition command',
+      (db) =>
+        db
+          .transaction((): CommandRecord | undefined => {
+            const before = this.#statement('SELECT state, version FROM commands WHERE id = ?').get(id) as { state: string; version: number } | undefined;
+            if (!before) throw new TetherError('COMMAND_NOT_FOUND');
+            if (before.version !== expectedVersion) return undefined;
+            const now = this.#clock();
+            const params: Record<string, unknown> = { id, expectedVersion, now };
+            changes.forEach((change, i) => (params[`v${i}`] = change.value));
+            const row = this.#statement(sql).get(params) as CommandRow | undefined;
+            if (!row) return undefined;
+            if (event) {
+              this.#statement(INSERT_EVENT).run({ commandId: id, at: now, ...event, fromState: before.state, toState: row.state });
+            }
+            return commandFromRow(row);
+          })
+          .immediate(),
+      { check: 'COMMAND_INVALID' },
+    );
+  }
+
+  #appendAttempt(attempt: CommandAttemptRecord): boolean {
+    const a = validateAttempt(attempt);
+    return this.#run('append command attempt', () => this.#statement(INSERT_ATTEMPT).run(a).changes === 1, { foreignKey: 'COMMAND_NOT_FOUND' });
+  }
+
+  #attempts(commandId: string): CommandAttemptRecord[] {
+    validateCommandId(commandId);
+    return this.#run('list command attempts', () =>
+      (this.#statement('SELECT * FROM command_attempts WHERE command_id = ? ORDER BY n').all(commandId) as AttemptRow[]).map(attemptFromRow),
+    );
+  }
+
+  #events(commandId: string): CommandEventRecord[] {
+    validateCommandId(commandId);
+    return this.#run('list command events', () =>
+      (this.#statement('SELECT * FROM command_events WHERE command_id = ? ORDER BY seq').all(commandId) as EventRow[]).map(eventFromRow),
     );
   }
 }

@@ -8,7 +8,17 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ErrorCode } from '@tether/core';
 import { PgTestDatabases, SqliteTestFiles } from './__fixtures__/test-databases.js';
-import { PostgresStore, POSTGRES_MIGRATIONS, SqliteStore, SQLITE_MIGRATIONS, type Migration, type NewTenant, type Store, type TokenWrite } from './index.js';
+import {
+  PostgresStore,
+  POSTGRES_MIGRATIONS,
+  SqliteStore,
+  SQLITE_MIGRATIONS,
+  type Migration,
+  type NewCommand,
+  type NewTenant,
+  type Store,
+  type TokenWrite,
+} from './index.js';
 
 interface OpenExtra {
   readonly clock?: () => number;
@@ -79,6 +89,26 @@ function tokenWrite(overrides: Partial<TokenWrite> = {}): TokenWrite {
     accessIssuedAt: 1_700_000_000_000,
     refreshTokenCiphertext: randomBytes(120),
     scope: 'system/Patient.rs',
+    ...overrides,
+  };
+}
+
+function newCommand(tenantId: string, overrides: Partial<NewCommand> = {}): NewCommand {
+  return {
+    id: `cmd-${uid()}${uid()}`,
+    tenantId,
+    context: 'system',
+    action: 'create',
+    resourceType: 'Observation',
+    businessKey: `key-${uid()}`,
+    idempotencyKey: null,
+    payloadHash: randomBytes(32).toString('hex'),
+    resource: { resourceType: 'Observation', status: 'final', valueQuantity: { value: 72.5 } },
+    priority: 'interactive',
+    ehrVersion: null,
+    sourceTimestamp: null,
+    requestedBy: 'api:test',
+    deadlineAt: null,
     ...overrides,
   };
 }
@@ -400,6 +430,228 @@ describe.each([sqliteBackend(), postgresBackend()])('store conformance ($kind)',
       await expectCode(store.rateLimits.take(`rl-${uid()}`, 0, 1, 0), 'CONFIG_INVALID');
       await expectCode(store.rateLimits.take(`rl-${uid()}`, 2, 0, 0), 'CONFIG_INVALID');
       await expectCode(store.rateLimits.take(`rl-${uid()}`, 2, 1, Number.NaN), 'CONFIG_INVALID');
+    });
+  });
+
+  describe('commands', () => {
+    it('inserts a command as queued, generation 1, with a submitted event, and reads it back', async () => {
+      const tenant = await store.tenants.create(newTenant());
+      const input = newCommand(tenant.id, { sourceTimestamp: 1_600_000_000_000, ehrVersion: '3' });
+      const { command, created } = await store.commands.insert(input, 'api:alice');
+      expect(created).toBe(true);
+      expect(command).toMatchObject({
+        ...input,
+        state: 'queued',
+        stateReason: null,
+        attempts: 0,
+        attemptSeq: 0,
+        generation: 1,
+        nextAttemptAt: now,
+        budgetStartedAt: now,
+        leaseOwner: null,
+        leaseExpiresAt: null,
+        ehrId: null,
+        version: 1,
+        createdAt: now,
+      });
+      expect(await store.commands.get(input.id)).toEqual(command);
+      expect(await store.commands.get(`missing-${uid()}`)).toBeUndefined();
+      expect(await store.commands.events(input.id)).toEqual([
+        expect.objectContaining({ kind: 'submitted', actor: 'api:alice', fromState: null, toState: 'queued', at: now }),
+      ]);
+    });
+
+    it('numbers generations per (tenant, business key), also under concurrent submissions', async () => {
+      const tenant = await store.tenants.create(newTenant());
+      const results = await Promise.all(Array.from({ length: 12 }, () => store.commands.insert(newCommand(tenant.id, { businessKey: 'shared' }), 'api:t')));
+      expect(results.map((r) => r.command.generation).sort((a, b) => a - b)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+      expect((await store.commands.insert(newCommand(tenant.id, { businessKey: 'other' }), 'api:t')).command.generation).toBe(1);
+    });
+
+    it('answers an idempotent replay with the original, and a reused key with IDEMPOTENCY_KEY_REUSED', async () => {
+      const tenant = await store.tenants.create(newTenant());
+      const first = newCommand(tenant.id, { idempotencyKey: 'idem-1' });
+      const original = await store.commands.insert(first, 'api:t');
+      const replay = await store.commands.insert({ ...first, id: `cmd-${uid()}` }, 'api:t');
+      expect(replay).toEqual({ command: original.command, created: false });
+      await expectCode(store.commands.insert(newCommand(tenant.id, { idempotencyKey: 'idem-1' }), 'api:t'), 'IDEMPOTENCY_KEY_REUSED');
+      // Keys are per tenant.
+      const other = await store.tenants.create(newTenant());
+      expect((await store.commands.insert(newCommand(other.id, { idempotencyKey: 'idem-1' }), 'api:t')).created).toBe(true);
+      expect(await store.commands.list({ tenantId: tenant.id })).toHaveLength(1);
+    });
+
+    it('lets exactly one of 10 concurrent submissions with one idempotency key create the command', async () => {
+      const tenant = await store.tenants.create(newTenant());
+      const base = newCommand(tenant.id, { idempotencyKey: 'idem-race' });
+      // Half of them with another business key: the idempotency index, not the key lock, must decide.
+      const results = await Promise.all(
+        Array.from({ length: 10 }, (_, i) => store.commands.insert({ ...base, id: `cmd-${uid()}`, businessKey: i % 2 === 0 ? base.businessKey : `k-${i}` }, 'api:t').catch((e: unknown) => e)),
+      );
+      const ok = results.filter((r): r is { created: boolean; command: { id: string } } => typeof r === 'object' && r !== null && 'created' in r);
+      const errors = results.filter((r) => !ok.includes(r as never));
+      expect(ok.filter((r) => r.created)).toHaveLength(1);
+      expect(new Set(ok.map((r) => r.command.id)).size).toBe(1);
+      // Same payload hash: every other answer is the replay; a different business key is still the same payload
+      // here (the hash is the caller's), so none may fail.
+      expect(errors).toEqual([]);
+    });
+
+    it('refuses a command of an unknown tenant (TENANT_NOT_FOUND) and invalid input without echoing it (COMMAND_INVALID)', async () => {
+      await expectCode(store.commands.insert(newCommand(`missing-${uid()}`), 'api:t'), 'TENANT_NOT_FOUND');
+      const tenant = await store.tenants.create(newTenant());
+      const error = await store.commands.insert({ ...newCommand(tenant.id), action: 'merge-secret-value' as never }, 'api:t').catch((e: unknown) => e);
+      expect(error).toMatchObject({ code: 'COMMAND_INVALID' });
+      expect(String((error as Error).message)).not.toContain('merge-secret-value');
+    });
+
+    it('leases due commands once, interactive first, and again only after the lease expired', async () => {
+      const tenant = await store.tenants.create(newTenant());
+      const batch = (await store.commands.insert(newCommand(tenant.id, { priority: 'batch' }), 'api:t')).command;
+      const interactive = (await store.commands.insert(newCommand(tenant.id), 'api:t')).command;
+      const t = now + 10;
+      const [first] = await store.commands.lease({ owner: 'w1', now: t, leaseMs: 1_000, tenantId: tenant.id });
+      expect(first).toMatchObject({ id: interactive.id, state: 'in_flight', leaseOwner: 'w1', leaseExpiresAt: t + 1_000, attempts: 1, attemptSeq: 1, version: 2 });
+      const [second] = await store.commands.lease({ owner: 'w2', now: t, leaseMs: 1_000, tenantId: tenant.id });
+      expect(second?.id).toBe(batch.id);
+      expect(await store.commands.lease({ owner: 'w3', now: t + 999, leaseMs: 1_000, tenantId: tenant.id })).toEqual([]);
+      // Expired: leased again, state kept (the next worker resumes and reconciles), attempt 2.
+      const again = await store.commands.lease({ owner: 'w3', now: t + 1_000, leaseMs: 1_000, tenantId: tenant.id, limit: 5 });
+      expect(again.map((c) => [c.id, c.state, c.leaseOwner, c.attemptSeq])).toEqual([
+        [interactive.id, 'in_flight', 'w3', 2],
+        [batch.id, 'in_flight', 'w3', 2],
+      ]);
+    });
+
+    it('does not lease a command before its nextAttemptAt', async () => {
+      const tenant = await store.tenants.create(newTenant());
+      const { command } = await store.commands.insert(newCommand(tenant.id), 'api:t');
+      const [leased] = await store.commands.lease({ owner: 'w', now, leaseMs: 1_000, tenantId: tenant.id });
+      const waiting = await store.commands.transition(command.id, leased!.version, { state: 'retry_wait', nextAttemptAt: now + 5_000, leaseOwner: null, leaseExpiresAt: null });
+      expect(waiting?.state).toBe('retry_wait');
+      expect(await store.commands.lease({ owner: 'w', now: now + 4_999, leaseMs: 1_000, tenantId: tenant.id })).toEqual([]);
+      expect((await store.commands.lease({ owner: 'w', now: now + 5_000, leaseMs: 1_000, tenantId: tenant.id }))[0]).toMatchObject({ state: 'in_flight', attempts: 2 });
+    });
+
+    it('leases at most one command per business key while its lease is live', async () => {
+      const tenant = await store.tenants.create(newTenant());
+      const a = (await store.commands.insert(newCommand(tenant.id, { businessKey: 'k' }), 'api:t')).command;
+      const b = (await store.commands.insert(newCommand(tenant.id, { businessKey: 'k' }), 'api:t')).command;
+      const leased = await store.commands.lease({ owner: 'w1', now, leaseMs: 1_000, tenantId: tenant.id, limit: 10 });
+      expect(leased.map((c) => c.id)).toEqual([a.id]);
+      expect(await store.commands.lease({ owner: 'w2', now, leaseMs: 1_000, tenantId: tenant.id, limit: 10 })).toEqual([]);
+      await store.commands.transition(a.id, leased[0]!.version, { state: 'verified', leaseOwner: null, leaseExpiresAt: null });
+      expect((await store.commands.lease({ owner: 'w2', now, leaseMs: 1_000, tenantId: tenant.id, limit: 10 })).map((c) => c.id)).toEqual([b.id]);
+    });
+
+    it('never has two live leases on one business key under 12 concurrent leasers', async () => {
+      const tenant = await store.tenants.create(newTenant());
+      for (let i = 0; i < 40; i++) await store.commands.insert(newCommand(tenant.id, { businessKey: `k${i % 8}` }), 'api:t');
+      // SKIP LOCKED may make a round lease fewer than possible (rows locked by another leaser are skipped), so
+      // lease in concurrent rounds until nothing is left; across all rounds no key may be leased twice.
+      const leased = [];
+      for (let round = 0; round < 5; round++) {
+        const results = await Promise.all(Array.from({ length: 12 }, (_, i) => store.commands.lease({ owner: `w${i}`, now, leaseMs: 60_000, tenantId: tenant.id, limit: 3 })));
+        leased.push(...results.flat());
+      }
+      const keys = leased.map((c) => c.businessKey);
+      expect(new Set(keys).size).toBe(keys.length);
+      expect(leased).toHaveLength(8);
+      const live = (await store.commands.list({ tenantId: tenant.id, states: ['in_flight'] })).filter((c) => c.leaseOwner !== null);
+      expect(live).toHaveLength(8);
+    });
+
+    it('extends a live lease for its owner at the current version only', async () => {
+      const tenant = await store.tenants.create(newTenant());
+      await store.commands.insert(newCommand(tenant.id), 'api:t');
+      const [leased] = await store.commands.lease({ owner: 'w1', now, leaseMs: 1_000, tenantId: tenant.id });
+      const c = leased!;
+      expect(await store.commands.extendLease(c.id, 'w2', c.version, now, now + 5_000)).toBeUndefined();
+      expect(await store.commands.extendLease(c.id, 'w1', c.version - 1, now, now + 5_000)).toBeUndefined();
+      const extended = await store.commands.extendLease(c.id, 'w1', c.version, now + 500, now + 5_000);
+      expect(extended).toMatchObject({ leaseExpiresAt: now + 5_000, version: c.version + 1 });
+      // An expired lease is never revived: a sibling may have been leased meanwhile.
+      expect(await store.commands.extendLease(c.id, 'w1', extended!.version, now + 5_000, now + 9_000)).toBeUndefined();
+    });
+
+    it('transitions with compare-and-swap, recording the event atomically', async () => {
+      const tenant = await store.tenants.create(newTenant());
+      const { command } = await store.commands.insert(newCommand(tenant.id), 'api:t');
+      now += 1_000;
+      const next = await store.commands.transition(
+        command.id,
+        1,
+        { state: 'needs_review', stateReason: 'budget_exhausted', ehrId: 'obs-1', ehrVersion: '2' },
+        { kind: 'transition', actor: 'worker:w1', reason: 'budget_exhausted' },
+      );
+      expect(next).toMatchObject({ state: 'needs_review', stateReason: 'budget_exhausted', ehrId: 'obs-1', ehrVersion: '2', version: 2, updatedAt: now });
+      expect(await store.commands.transition(command.id, 1, { state: 'cancelled' }, { kind: 'transition', actor: 'x', reason: null })).toBeUndefined();
+      const events = await store.commands.events(command.id);
+      expect(events.map((e) => [e.kind, e.fromState, e.toState, e.actor])).toEqual([
+        ['submitted', null, 'queued', 'api:t'],
+        ['transition', 'queued', 'needs_review', 'worker:w1'],
+      ]);
+      await expectCode(store.commands.transition(`missing-${uid()}`, 1, { state: 'cancelled' }), 'COMMAND_NOT_FOUND');
+      await expectCode(store.commands.transition(command.id, 2, { state: 'paused' as never }), 'COMMAND_INVALID');
+    });
+
+    it('lets exactly one of 10 concurrent transitions from one version win', async () => {
+      const tenant = await store.tenants.create(newTenant());
+      const { command } = await store.commands.insert(newCommand(tenant.id), 'api:t');
+      const results = await Promise.all(
+        Array.from({ length: 10 }, (_, i) => store.commands.transition(command.id, 1, { stateReason: `r${i}` }, { kind: 'transition', actor: `w${i}`, reason: null })),
+      );
+      expect(results.filter((r) => r !== undefined)).toHaveLength(1);
+      expect(await store.commands.events(command.id)).toHaveLength(2);
+    });
+
+    it('appends attempts once per number and lists the timeline in order', async () => {
+      const tenant = await store.tenants.create(newTenant());
+      const { command } = await store.commands.insert(newCommand(tenant.id), 'api:t');
+      const attempt = {
+        commandId: command.id,
+        n: 2,
+        worker: 'w1',
+        startedAt: now,
+        endedAt: now + 50,
+        outcome: 'unknown' as const,
+        errorCode: 'EHR_OUTCOME_UNKNOWN',
+        errorCategory: 'ambiguous',
+        ehrStatus: null,
+        verification: 'verified' as const,
+        correlationId: 'corr-1',
+        steps: 'create:unknown search:200 read:200',
+      };
+      expect(await store.commands.appendAttempt(attempt)).toBe(true);
+      expect(await store.commands.appendAttempt({ ...attempt, outcome: 'applied' })).toBe(false);
+      expect(await store.commands.appendAttempt({ ...attempt, n: 1, outcome: 'abandoned', endedAt: null, errorCode: null, errorCategory: null, verification: null, steps: null })).toBe(true);
+      const timeline = await store.commands.attempts(command.id);
+      expect(timeline.map((a) => [a.n, a.outcome])).toEqual([
+        [1, 'abandoned'],
+        [2, 'unknown'],
+      ]);
+      expect(timeline[1]).toEqual(attempt);
+      await expectCode(store.commands.appendAttempt({ ...attempt, commandId: `missing-${uid()}` }), 'COMMAND_NOT_FOUND');
+    });
+
+    it('lists by tenant, state and business key, oldest first', async () => {
+      const tenant = await store.tenants.create(newTenant());
+      const a = (await store.commands.insert(newCommand(tenant.id, { businessKey: 'b1' }), 'api:t')).command;
+      now += 1;
+      const b = (await store.commands.insert(newCommand(tenant.id, { businessKey: 'b2' }), 'api:t')).command;
+      await store.commands.transition(b.id, 1, { state: 'needs_review' });
+      expect((await store.commands.list({ tenantId: tenant.id })).map((c) => c.id)).toEqual([a.id, b.id]);
+      expect((await store.commands.list({ tenantId: tenant.id, states: ['needs_review'] })).map((c) => c.id)).toEqual([b.id]);
+      expect((await store.commands.list({ tenantId: tenant.id, businessKey: 'b1' })).map((c) => c.id)).toEqual([a.id]);
+      expect(await store.commands.list({ tenantId: tenant.id, limit: 1 })).toHaveLength(1);
+      await expectCode(store.commands.list({ limit: 0 }), 'COMMAND_INVALID');
+    });
+
+    it('round-trips the resource JSON exactly (nested objects, arrays, unicode, decimals)', async () => {
+      const tenant = await store.tenants.create(newTenant());
+      const resource = { resourceType: 'Observation', note: [{ text: 'Zoë ✓ "quoted" \\ back' }], valueQuantity: { value: 0.1 }, component: [{ a: [1, 2, { b: null }] }] };
+      const { command } = await store.commands.insert(newCommand(tenant.id, { resource }), 'api:t');
+      expect((await store.commands.get(command.id))?.resource).toEqual(resource);
     });
   });
 

@@ -112,7 +112,251 @@ export interface Store {
   readonly tenants: TenantRepo;
   readonly tokens: TokenRepo;
   readonly rateLimits: RateLimitRepo;
+  /** Write-back commands, their attempt timeline and their audit events (migration 2). */
+  readonly commands: CommandRepo;
   /** Applies pending numbered migrations (idempotent; safe with several processes starting at once). */
   migrate(): Promise<void>;
   close(): Promise<void>;
+}
+
+// ------------------------------------------------------------------------------------------------ commands
+
+/** What a command does to its clinical object (DESIGN §5). */
+export type CommandAction = 'create' | 'update' | 'upsert' | 'delete';
+/** `interactive` work is leased ahead of `batch` work. */
+export type CommandPriority = 'interactive' | 'batch';
+/**
+ * The states of a command (DESIGN §5). The allowed transitions live in `writeback/state-machine.ts`; the store
+ * only persists the state and guards every change with a compare-and-swap on `version`.
+ */
+export type CommandState =
+  | 'queued'
+  | 'in_flight'
+  | 'acknowledged'
+  | 'verified'
+  | 'unknown'
+  | 'retry_wait'
+  | 'rejected'
+  | 'conflict'
+  | 'needs_review'
+  | 'superseded'
+  | 'cancelled';
+
+/**
+ * One clinical intent, as stored. The `resource` may hold PHI: it is never logged and never copied into an
+ * attempt, event or error. Times are epoch milliseconds.
+ */
+export interface CommandRecord {
+  readonly id: string;
+  readonly tenantId: string;
+  /** Token identity: `system`, `provider:<id>` or `patient:<id>`. */
+  readonly context: string;
+  readonly action: CommandAction;
+  readonly resourceType: string;
+  /** Deterministic identity of the clinical object, stamped into the resource as an identifier. */
+  readonly businessKey: string;
+  /** Ingress idempotency key, unique per tenant; null when the submitter gave none. */
+  readonly idempotencyKey: string | null;
+  /** `stableHash` of the submitted payload: the same key with another hash is `IDEMPOTENCY_KEY_REUSED`. */
+  readonly payloadHash: string;
+  /** Canonical FHIR R4 resource with the business-key identifier stamped in. */
+  readonly resource: Record<string, unknown>;
+  readonly priority: CommandPriority;
+  readonly state: CommandState;
+  /** Machine-readable reason of the current state (an error code or a short snake_case word; no PHI). */
+  readonly stateReason: string | null;
+  /** Attempts counted against the budget (reset by an operator retry). Incremented by every lease. */
+  readonly attempts: number;
+  /** Number of the latest attempt ever started (never reset): the `n` of its `command_attempts` row. */
+  readonly attemptSeq: number;
+  /** When the budget clock started (submission, or the last operator retry). */
+  readonly budgetStartedAt: number;
+  /** Not leased before this time (backoff, Retry-After). */
+  readonly nextAttemptAt: number;
+  /** Worker id holding the lease; null when not leased. */
+  readonly leaseOwner: string | null;
+  /** The lease (visibility timeout) ends here; after it another worker may lease the command. */
+  readonly leaseExpiresAt: number | null;
+  /** The EHR's id of the resource once known (found, created, or the update target). */
+  readonly ehrId: string | null;
+  /** The last EHR version we know (for `update`: the version the change is based on, sent as If-Match). */
+  readonly ehrVersion: string | null;
+  /** Time of the source event (e.g. the HL7 message), for ordering. */
+  readonly sourceTimestamp: number | null;
+  /** 1, 2, 3... per (tenant, business key), in submission order. */
+  readonly generation: number;
+  /** Who asked (user, API key or channel id; no PHI). */
+  readonly requestedBy: string;
+  /** Optional deadline (epoch ms) after which the command goes to the exception queue. */
+  readonly deadlineAt: number | null;
+  readonly createdAt: number;
+  readonly updatedAt: number;
+  /** Optimistic concurrency version, incremented by every change (lease, extension, transition). */
+  readonly version: number;
+}
+
+/** What {@link CommandRepo.insert} needs; the store fills in state `queued`, generation, counters and times. */
+export interface NewCommand {
+  readonly id: string;
+  readonly tenantId: string;
+  readonly context: string;
+  readonly action: CommandAction;
+  readonly resourceType: string;
+  readonly businessKey: string;
+  readonly idempotencyKey: string | null;
+  readonly payloadHash: string;
+  readonly resource: Record<string, unknown>;
+  readonly priority: CommandPriority;
+  readonly ehrVersion: string | null;
+  readonly sourceTimestamp: number | null;
+  readonly requestedBy: string;
+  readonly deadlineAt: number | null;
+}
+
+/** Fields a transition may change. Absent fields keep their value. */
+export interface CommandPatch {
+  readonly state?: CommandState;
+  readonly stateReason?: string | null;
+  readonly nextAttemptAt?: number;
+  readonly leaseOwner?: string | null;
+  readonly leaseExpiresAt?: number | null;
+  readonly ehrId?: string | null;
+  readonly ehrVersion?: string | null;
+  /** Operator retry only: resets the budget. */
+  readonly attempts?: number;
+  readonly budgetStartedAt?: number;
+}
+
+/** How an attempt ended (the timeline's outcome class). */
+export type CommandAttemptOutcome =
+  | 'applied'
+  | 'not_sent'
+  | 'rejected'
+  | 'rate_limited'
+  | 'unknown'
+  /** Reconcile-before-write found the object already in the EHR: nothing was sent. */
+  | 'found'
+  /** Not sent because a newer sibling was already verified. */
+  | 'superseded'
+  /** Budget (attempts or age) exhausted before sending. */
+  | 'budget_exhausted'
+  /** The lease expired before the attempt recorded anything (worker killed or stalled). */
+  | 'abandoned'
+  /** The attempt failed inside the engine (store, search errors) before an outcome was known. */
+  | 'error';
+
+/** Result of the read-back, when one was made. */
+export type CommandVerification = 'verified' | 'mismatch' | 'absent' | 'unclear' | 'duplicate';
+
+/** One attempt of the timeline. Append-only; never holds resource content. */
+export interface CommandAttemptRecord {
+  readonly commandId: string;
+  /** The command's `attemptSeq` when the attempt started: 1, 2, 3... */
+  readonly n: number;
+  readonly worker: string | null;
+  readonly startedAt: number;
+  readonly endedAt: number | null;
+  readonly outcome: CommandAttemptOutcome;
+  readonly errorCode: string | null;
+  readonly errorCategory: string | null;
+  /** Status of the EHR's answer to the write, when there was one. */
+  readonly ehrStatus: number | null;
+  readonly verification: CommandVerification | null;
+  /** Correlation id sent to the EHR (`X-Request-Id`): joins this attempt to the EHR's logs. */
+  readonly correlationId: string | null;
+  /** The EHR calls of the attempt, e.g. `search:200 create:unknown search:200 read:200` (no PHI). */
+  readonly steps: string | null;
+}
+
+/** An audit event of a command: submission, every state transition, operator actions. Append-only. */
+export interface CommandEventRecord {
+  /** Store-assigned, increasing. */
+  readonly seq: number;
+  readonly commandId: string;
+  readonly at: number;
+  /** `submitted`, `transition`, `operator:retry`, `operator:resolve`, `operator:cancel`. */
+  readonly kind: string;
+  /** `api:<who>`, `worker:<id>`, `operator:<who>`. */
+  readonly actor: string;
+  readonly fromState: CommandState | null;
+  readonly toState: CommandState | null;
+  /** Why: a reason code for workers, the operator's note for operator actions. Never logged. */
+  readonly reason: string | null;
+}
+
+/** An event to append together with a transition (same transaction). */
+export type NewCommandEvent = Pick<CommandEventRecord, 'kind' | 'actor' | 'reason'>;
+
+/** Filter of {@link CommandRepo.list}. */
+export interface CommandFilter {
+  readonly tenantId?: string;
+  readonly states?: readonly CommandState[];
+  readonly businessKey?: string;
+  /** At most this many, oldest first. Default 100, at most 1000. */
+  readonly limit?: number;
+}
+
+/** Arguments of {@link CommandRepo.lease}. */
+export interface LeaseRequest {
+  /** Worker id (no PHI), written to `lease_owner`. */
+  readonly owner: string;
+  /** The caller's clock (epoch ms): what is due and which leases are live is decided against it. */
+  readonly now: number;
+  /** Visibility timeout in ms: the lease ends at `now + leaseMs` unless extended. */
+  readonly leaseMs: number;
+  /** Most commands to lease at once. Default 1. */
+  readonly limit?: number;
+  /** Only this tenant's commands. */
+  readonly tenantId?: string;
+}
+
+/** Result of {@link CommandRepo.insert}. */
+export interface InsertResult {
+  readonly command: CommandRecord;
+  /** False when an earlier command with the same idempotency key and payload was returned instead. */
+  readonly created: boolean;
+}
+
+/**
+ * The write-back outbox. Every change is a compare-and-swap on `version`, so a worker that lost its lease (expired,
+ * then re-leased by another) can never overwrite the newer owner's work.
+ */
+export interface CommandRepo {
+  /**
+   * Inserts a command in state `queued` with the next generation of its (tenant, business key), atomically with
+   * the idempotency check and a `submitted` event: an existing command with the same (tenant, idempotency key)
+   * and the same payload hash is returned (`created: false`); with another payload hash the insert fails with
+   * `IDEMPOTENCY_KEY_REUSED`. Throws `TENANT_NOT_FOUND` for an unknown tenant. Resolves only once committed.
+   */
+  insert(command: NewCommand, actor: string): Promise<InsertResult>;
+  get(id: string): Promise<CommandRecord | undefined>;
+  list(filter?: CommandFilter): Promise<CommandRecord[]>;
+  /**
+   * Leases due commands: `queued`/`retry_wait` whose `nextAttemptAt` has come, and commands in a working state
+   * (`in_flight`, `unknown`, `acknowledged`, `conflict`) whose lease expired. Never leases a command while another
+   * command with the same (tenant, business key) holds a live lease, nor two of one key at once. A leased
+   * `queued`/`retry_wait` command becomes `in_flight`; every leased command gets `attempts + 1`,
+   * `attemptSeq + 1`, the lease and a new version. PostgreSQL: `FOR UPDATE SKIP LOCKED` plus a transaction-scoped
+   * advisory lock per business key; SQLite: one IMMEDIATE transaction.
+   */
+  lease(request: LeaseRequest): Promise<CommandRecord[]>;
+  /**
+   * Extends a lease held by `owner` to `until`, if the command still has `expectedVersion` and the lease is still
+   * live at `now` (an expired lease may already have let a sibling of the same business key be leased, so it is
+   * never revived). Returns the updated command, or undefined when the lease was lost: the caller must stop
+   * working on the command, and in particular must not send anything. Workers call it right before every EHR
+   * write, as a fence.
+   */
+  extendLease(id: string, owner: string, expectedVersion: number, now: number, until: number): Promise<CommandRecord | undefined>;
+  /**
+   * Applies a patch if the command still has `expectedVersion`, with an optional event in the same transaction.
+   * Returns the updated command, or undefined when the version moved on. Throws `COMMAND_NOT_FOUND`.
+   */
+  transition(id: string, expectedVersion: number, patch: CommandPatch, event?: NewCommandEvent): Promise<CommandRecord | undefined>;
+  /** Appends an attempt; returns false when attempt `n` of that command is already recorded (nothing changes). */
+  appendAttempt(attempt: CommandAttemptRecord): Promise<boolean>;
+  /** The timeline, in attempt order. */
+  attempts(commandId: string): Promise<CommandAttemptRecord[]>;
+  /** The audit events, in order. */
+  events(commandId: string): Promise<CommandEventRecord[]>;
 }

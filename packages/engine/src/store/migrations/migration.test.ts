@@ -15,6 +15,12 @@ const RELEASED: readonly { version: number; name: string; sqlite: string; postgr
     sqlite: '9eb41353e569a4b060287d1421274749bc19838a40240d09a337d1d09c484dcc',
     postgres: 'a425b6b73d002905c407fc2365b807207ef10c3df58788747f98e8b8b7ec1b0b',
   },
+  {
+    version: 2,
+    name: 'commands_outbox',
+    sqlite: '85e6f476f55524184c9a4f3b7c5c6e5880792b6386a69ec56c304cb3ee0161d2',
+    postgres: '5f6c3ed60641c60c49f2d7382bf293681d5b0c7d2b650b877d8dbedd9c1d34c4',
+  },
 ];
 
 describe('released migrations', () => {

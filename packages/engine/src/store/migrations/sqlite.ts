@@ -60,4 +60,81 @@ CREATE TABLE rate_limit_buckets (
 ) STRICT;
 `,
   },
+  {
+    version: 2,
+    name: 'commands_outbox',
+    sql: `
+-- The write-back outbox: one row per clinical intent (DESIGN §5). resource may hold PHI (never logged).
+-- Times are epoch ms from the engine's clock; version is the compare-and-swap guard of every change.
+CREATE TABLE commands (
+  id                text    PRIMARY KEY,
+  tenant_id         text    NOT NULL REFERENCES tenants (id),
+  context           text    NOT NULL,
+  action            text    NOT NULL CHECK (action IN ('create', 'update', 'upsert', 'delete')),
+  resource_type     text    NOT NULL,
+  business_key      text    NOT NULL,
+  idempotency_key   text,
+  payload_hash      text    NOT NULL,  -- stableHash of the submitted payload (idempotency comparison)
+  resource          text    NOT NULL,  -- canonical FHIR R4 JSON with the business-key identifier stamped in
+  priority          text    NOT NULL CHECK (priority IN ('interactive', 'batch')),
+  state             text    NOT NULL CHECK (state IN ('queued', 'in_flight', 'acknowledged', 'verified', 'unknown', 'retry_wait', 'rejected', 'conflict', 'needs_review', 'superseded', 'cancelled')),
+  state_reason      text,             -- error code or short reason word; no PHI
+  attempts          integer NOT NULL CHECK (attempts >= 0),      -- counted against the budget
+  attempt_seq       integer NOT NULL CHECK (attempt_seq >= 0),   -- number of the latest attempt, never reset
+  budget_started_at integer  NOT NULL,
+  next_attempt_at   integer  NOT NULL,
+  lease_owner       text,
+  lease_expires_at  integer,
+  ehr_id            text,
+  ehr_version       text,
+  source_timestamp  integer,
+  generation        integer NOT NULL CHECK (generation >= 1),    -- 1, 2, 3... per (tenant, business key)
+  requested_by      text    NOT NULL,
+  deadline_at       integer,
+  created_at        integer  NOT NULL,
+  updated_at        integer  NOT NULL,
+  version           integer NOT NULL CHECK (version >= 1)
+) STRICT;
+
+-- Ingress idempotency: one command per (tenant, key).
+CREATE UNIQUE INDEX commands_idempotency ON commands (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+-- Generations are unique per business key; also the index of the per-key single-flight check of the lease query.
+CREATE UNIQUE INDEX commands_business_key ON commands (tenant_id, business_key, generation);
+-- What the lease query scans: waiting work by due time, working states by lease expiry.
+CREATE INDEX commands_due ON commands (next_attempt_at) WHERE state IN ('queued', 'retry_wait');
+CREATE INDEX commands_leased ON commands (lease_expires_at) WHERE lease_owner IS NOT NULL;
+-- Listing (exception queue, dashboards).
+CREATE INDEX commands_tenant_state ON commands (tenant_id, state, created_at);
+
+-- The timeline: one row per attempt, append-only. Never holds resource content.
+CREATE TABLE command_attempts (
+  command_id     text    NOT NULL REFERENCES commands (id),
+  n              integer NOT NULL CHECK (n >= 1),
+  worker         text,
+  started_at     integer  NOT NULL,
+  ended_at       integer,
+  outcome        text    NOT NULL,  -- applied | not_sent | rejected | rate_limited | unknown | found | superseded | budget_exhausted | abandoned | error
+  error_code     text,
+  error_category text,
+  ehr_status     integer,
+  verification   text,              -- verified | mismatch | absent | unclear | duplicate
+  correlation_id text,
+  steps          text,              -- the EHR calls of the attempt, e.g. 'search:200 create:unknown search:200 read:200'
+  PRIMARY KEY (command_id, n)
+) STRICT;
+
+-- Audit events: submission, every transition, operator actions (who and why). Append-only.
+CREATE TABLE command_events (
+  seq        integer PRIMARY KEY AUTOINCREMENT,
+  command_id text    NOT NULL REFERENCES commands (id),
+  at         integer  NOT NULL,
+  kind       text    NOT NULL,  -- submitted | transition | operator:retry | operator:resolve | operator:cancel
+  actor      text    NOT NULL,  -- api:<who> | worker:<id> | operator:<who>
+  from_state text,
+  to_state   text,
+  reason     text               -- reason code, or the operator's note
+) STRICT;
+CREATE INDEX command_events_command ON command_events (command_id, seq);
+`,
+  },
 ]);

@@ -1,0 +1,205 @@
+/**
+ * Commands: the input schema, the business-key stamp, the payload hash and `submitCommand`, which validates a
+ * command and stores it durably (DESIGN §5). "Saved" means `queued`: `submitCommand` resolves only after the
+ * insert committed.
+ */
+import { randomUUID } from 'node:crypto';
+import { z } from 'zod';
+import { scopesAllow, stableHash, TetherError, type ScopedInteraction, type SmartContext } from '@tether/core';
+import type { CommandAction, CommandRecord, CommandState, Store } from '../store/index.js';
+
+/**
+ * Tether's identifier system for business keys. Every resource Tether writes carries
+ * `{ system: BUSINESS_KEY_SYSTEM, value: businessKey }`, so the EHR can be searched for it
+ * (`identifier=urn:tether:business-key|<key>`): that search is what reconcile-before-write and verification use.
+ */
+export const BUSINESS_KEY_SYSTEM = 'urn:tether:business-key';
+
+/**
+ * Business keys go verbatim into a FHIR token search (`system|value`), so the characters FHIR search escapes
+ * (`|`, `,`, `$`, `\`) and whitespace are refused rather than escaped: a key must mean the same thing everywhere.
+ */
+const BUSINESS_KEY = /^[\x21-\x7e]{1,256}$/;
+const BUSINESS_KEY_FORBIDDEN = /[|,$\\]/;
+const CONTEXT = /^(system|provider:[A-Za-z0-9._-]{1,128}|patient:[A-Za-z0-9._-]{1,128})$/;
+const RESOURCE_TYPE = /^[A-Z][A-Za-z]{0,63}$/;
+const VERSION_ID = /^[A-Za-z0-9.-]{1,64}$/;
+
+/** What a submitter sends (DESIGN §5 command shape). */
+export const commandInputSchema = z
+  .object({
+    tenantId: z.string().min(1).max(255),
+    /** Token identity: `system`, `provider:<id>` or `patient:<id>`. */
+    context: z.string().regex(CONTEXT, 'system, provider:<id> or patient:<id>'),
+    action: z.enum(['create', 'update', 'upsert', 'delete']),
+    resourceType: z.string().regex(RESOURCE_TYPE, 'a FHIR resource type name'),
+    /** Canonical FHIR R4 resource. Its `resourceType` must equal `resourceType`. */
+    resource: z.record(z.string(), z.unknown()),
+    /** Deterministic identity of the clinical object (printable ASCII without `| , $ \`, at most 256). */
+    businessKey: z
+      .string()
+      .regex(BUSINESS_KEY, 'printable ASCII, 1-256 characters')
+      .refine((key) => !BUSINESS_KEY_FORBIDDEN.test(key), 'must not contain | , $ or \\'),
+    /** Ingress idempotency key (IETF Idempotency-Key draft), unique per tenant. */
+    idempotencyKey: z.string().min(1).max(255).optional(),
+    /** `interactive` (default) is leased ahead of `batch`. */
+    priority: z.enum(['interactive', 'batch']).default('interactive'),
+    /** Epoch ms after which the command goes to the exception queue instead of being sent. */
+    deadline: z.number().int().min(0).optional(),
+    /** Who asked (user, API key or channel id; no PHI). */
+    requestedBy: z.string().min(1).max(255),
+    /** Epoch ms of the source event, for ordering (a verified newer sibling supersedes an older command). */
+    sourceTimestamp: z.number().int().min(0).optional(),
+    /** `update`/`upsert`: the EHR version the change is based on, sent as If-Match. Omitted: the current one. */
+    baseVersion: z.string().regex(VERSION_ID, 'a FHIR version id').optional(),
+  })
+  .strict();
+
+export type CommandInput = z.input<typeof commandInputSchema>;
+
+/** The answer of {@link submitCommand}. */
+export interface SubmitResult {
+  readonly id: string;
+  /** `queued` for a new command; the current state of the original for an idempotent replay. */
+  readonly state: CommandState;
+  /** False when an earlier command with the same idempotency key and payload was returned. */
+  readonly created: boolean;
+  readonly generation: number;
+}
+
+/** Seams of {@link submitCommand}. */
+export interface SubmitOptions {
+  /** Command id source. Default: `randomUUID`. */
+  readonly newId?: () => string;
+}
+
+/** The FHIR interactions the protocol makes for an action: the write itself, the business-key search and the read-back. */
+export const INTERACTIONS_BY_ACTION: Readonly<Record<CommandAction, readonly ScopedInteraction[]>> = {
+  create: ['create', 'search-type', 'read'],
+  update: ['update', 'search-type', 'read'],
+  upsert: ['create', 'update', 'search-type', 'read'],
+  delete: ['delete', 'search-type', 'read'],
+};
+
+/** SMART context of a command context: backend services are `system`, a provider acts as `user`. */
+export function smartContextOf(context: string): SmartContext {
+  if (context.startsWith('provider:')) return 'user';
+  if (context.startsWith('patient:')) return 'patient';
+  return 'system';
+}
+
+/**
+ * Returns a copy of `resource` whose `identifier` list holds exactly one business-key identifier with `businessKey`;
+ * other identifiers are kept, in order. Throws `COMMAND_INVALID` when `identifier` is not a list or already names
+ * another business key (two keys for one object would make every search ambiguous).
+ */
+export function stampBusinessKey(resource: Readonly<Record<string, unknown>>, businessKey: string): Record<string, unknown> {
+  const existing = resource['identifier'];
+  if (existing !== undefined && !Array.isArray(existing)) throw new TetherError('COMMAND_INVALID', "Invalid command: 'resource.identifier' must be a list.");
+  const identifiers = (existing ?? []) as unknown[];
+  const ours = identifiers.filter((i) => typeof i === 'object' && i !== null && (i as Record<string, unknown>)['system'] === BUSINESS_KEY_SYSTEM);
+  if (ours.some((i) => (i as Record<string, unknown>)['value'] !== businessKey)) {
+    throw new TetherError('COMMAND_INVALID', `Invalid command: 'resource.identifier' carries a ${BUSINESS_KEY_SYSTEM} value other than the business key.`);
+  }
+  const others = identifiers.filter((i) => !ours.includes(i));
+  return { ...resource, identifier: [...others, { system: BUSINESS_KEY_SYSTEM, value: businessKey }] };
+}
+
+/** The search parameters that find a command's object in the EHR. */
+export const businessKeySearch = (businessKey: string): { identifier: string } => ({ identifier: `${BUSINESS_KEY_SYSTEM}|${businessKey}` });
+
+/** True when a resource from the EHR carries the business-key identifier. */
+export function carriesBusinessKey(resource: Readonly<Record<string, unknown>>, businessKey: string): boolean {
+  const identifiers = resource['identifier'];
+  return (
+    Array.isArray(identifiers) &&
+    identifiers.some((i) => typeof i === 'object' && i !== null && (i as Record<string, unknown>)['system'] === BUSINESS_KEY_SYSTEM && (i as Record<string, unknown>)['value'] === businessKey)
+  );
+}
+
+/**
+ * Hash of the fields we sent, as found in `stored`: the top-level elements of `sent` (minus the server-set `id`
+ * and `meta`), taken from `stored`. Equal to {@link sentContentHash} of `sent` when the EHR kept what we sent;
+ * elements the EHR added (narrative, extensions of its own) are ignored.
+ */
+export function storedContentHash(sent: Readonly<Record<string, unknown>>, stored: Readonly<Record<string, unknown>>): string {
+  const picked: Record<string, unknown> = {};
+  for (const key of Object.keys(sent)) if (key !== 'id' && key !== 'meta') picked[key] = stored[key];
+  return stableHash(picked);
+}
+
+/** Hash of the fields we send, without `id` and `meta`. */
+export function sentContentHash(sent: Readonly<Record<string, unknown>>): string {
+  const { id: _id, meta: _meta, ...rest } = sent;
+  return stableHash(rest);
+}
+
+/** True when the EHR's copy holds the business key and every field we sent, unchanged. */
+export const contentMatches = (sent: Readonly<Record<string, unknown>>, stored: Readonly<Record<string, unknown>>, businessKey: string): boolean =>
+  carriesBusinessKey(stored, businessKey) && storedContentHash(sent, stored) === sentContentHash(sent);
+
+function invalid(issue: z.core.$ZodIssue | undefined): TetherError {
+  // Path and rule only: a resource or a business key may be PHI.
+  return new TetherError('COMMAND_INVALID', `Invalid command: '${issue?.path.join('.') ?? ''}' ${issue?.message ?? ''}`.trim());
+}
+
+/**
+ * Validates a command and stores it durably in state `queued`.
+ *
+ * Checks: the schema; `resource.resourceType` equals `resourceType`; the tenant exists (`TENANT_NOT_FOUND`) and is
+ * active (`AUTH_TENANT_PAUSED`); the tenant's configured scopes cover every interaction the protocol will make
+ * (`EHR_SCOPE_MISSING`, naming the scope). Then stamps the business-key identifier, computes the payload hash
+ * (`stableHash` of the validated input without the idempotency key) and inserts, atomically with the idempotency
+ * check: same key and payload → the original (`created: false`); same key, other payload → `IDEMPOTENCY_KEY_REUSED`.
+ *
+ * Resolves only after the insert committed: a `queued` answer is a durable promise.
+ */
+export async function submitCommand(store: Store, input: CommandInput, options: SubmitOptions = {}): Promise<SubmitResult> {
+  const parsed = commandInputSchema.safeParse(input);
+  if (!parsed.success) throw invalid(parsed.error.issues[0]);
+  const command = parsed.data;
+  if (command.resource['resourceType'] !== command.resourceType) {
+    throw new TetherError('COMMAND_INVALID', "Invalid command: 'resource.resourceType' must equal 'resourceType'.");
+  }
+
+  const tenant = await store.tenants.get(command.tenantId);
+  if (!tenant) throw new TetherError('TENANT_NOT_FOUND');
+  if (tenant.state !== 'active') throw new TetherError('AUTH_TENANT_PAUSED', undefined, { details: { tenant: tenant.id } });
+  const context = smartContextOf(command.context);
+  for (const interaction of INTERACTIONS_BY_ACTION[command.action]) {
+    const decision = scopesAllow(tenant.scopes, { resourceType: command.resourceType, interaction, context });
+    if (!decision.allowed) {
+      throw new TetherError('EHR_SCOPE_MISSING', `The tenant lacks the scope ${decision.required} that this command needs.`, {
+        details: { required: decision.required, tenant: tenant.id },
+      });
+    }
+  }
+
+  const resource = stampBusinessKey(command.resource, command.businessKey);
+  const { idempotencyKey, ...payload } = command;
+  const { command: stored, created } = await store.commands.insert(
+    {
+      id: (options.newId ?? randomUUID)(),
+      tenantId: command.tenantId,
+      context: command.context,
+      action: command.action,
+      resourceType: command.resourceType,
+      businessKey: command.businessKey,
+      idempotencyKey: idempotencyKey ?? null,
+      payloadHash: stableHash(payload),
+      resource,
+      priority: command.priority,
+      ehrVersion: command.baseVersion ?? null,
+      sourceTimestamp: command.sourceTimestamp ?? null,
+      requestedBy: command.requestedBy,
+      deadlineAt: command.deadline ?? null,
+    },
+    `api:${command.requestedBy}`,
+  );
+  return { id: stored.id, state: stored.state, created, generation: stored.generation };
+}
+
+/** The parts of a command a log line or event may carry: ids and states, never the resource or the business key. */
+export function commandFacts(command: CommandRecord): { commandId: string; tenantId: string; resourceType: string; action: CommandAction; state: CommandState } {
+  return { commandId: command.id, tenantId: command.tenantId, resourceType: command.resourceType, action: command.action, state: command.state };
+}

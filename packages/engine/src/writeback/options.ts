@@ -1,0 +1,136 @@
+import { randomBytes } from 'node:crypto';
+import { setTimeout as delay } from 'node:timers/promises';
+import { z } from 'zod';
+import { TetherError } from '@tether/core';
+import type { EhrClient } from '../client/index.js';
+import type { Store, TenantRecord } from '../store/index.js';
+import type { WritebackEvent } from './events.js';
+
+/** Default commands one worker processes at the same time. */
+export const DEFAULT_WORKER_CONCURRENCY = 4;
+/** Default wait between two lease queries when nothing was due (milliseconds). */
+export const DEFAULT_POLL_INTERVAL_MS = 500;
+/**
+ * Default visibility timeout (milliseconds). A command whose worker dies becomes leasable this long after the
+ * last lease extension; workers extend it before every EHR write and every verification poll.
+ */
+export const DEFAULT_LEASE_MS = 30_000;
+/** Default attempts per command before the exception queue (a 429 does not count). */
+export const DEFAULT_COMMAND_MAX_ATTEMPTS = 8;
+/** Default age of a command (from submission or the last operator retry) before the exception queue (ms): 24 h. */
+export const DEFAULT_MAX_AGE_MS = 24 * 3_600_000;
+/**
+ * Default verification window (milliseconds): after an unknown outcome, how long the EHR is searched for the
+ * business key before the write counts as proven absent. Must exceed the vendor's read-after-write lag.
+ */
+export const DEFAULT_VERIFY_WINDOW_MS = 5_000;
+/** Default searches spread evenly over the verification window (the last one at its end). */
+export const DEFAULT_VERIFY_POLLS = 5;
+/** Default backoff base (milliseconds): retry n waits between half and all of `base × 2^(n-1)`. */
+export const DEFAULT_RETRY_BACKOFF_BASE_MS = 1_000;
+/** Default cap of one backoff (milliseconds): 5 minutes. */
+export const DEFAULT_RETRY_BACKOFF_MAX_MS = 300_000;
+
+/** What the worker needs to know about a vendor (a slice of the future vendor profile, DESIGN §8). */
+export interface WritebackVendorProfile {
+  /**
+   * The EHR honours `If-None-Exist` (FHIR conditional create). When false (Epic), a create is always preceded by a
+   * business-key search, and the per-key lease is the only protection against a concurrent duplicate.
+   * Default true.
+   */
+  readonly conditionalCreate: boolean;
+}
+
+const ms = z.number().int().min(1).max(7 * 24 * 3_600_000);
+
+const schema = z
+  .object({
+    workerId: z.string().regex(/^[A-Za-z0-9._:-]{1,64}$/).optional(),
+    concurrency: z.number().int().min(1).max(1_000).default(DEFAULT_WORKER_CONCURRENCY),
+    pollIntervalMs: ms.default(DEFAULT_POLL_INTERVAL_MS),
+    leaseMs: ms.default(DEFAULT_LEASE_MS),
+    maxAttempts: z.number().int().min(1).max(1_000).default(DEFAULT_COMMAND_MAX_ATTEMPTS),
+    maxAgeMs: ms.default(DEFAULT_MAX_AGE_MS),
+    verifyWindowMs: ms.default(DEFAULT_VERIFY_WINDOW_MS),
+    verifyPolls: z.number().int().min(1).max(100).default(DEFAULT_VERIFY_POLLS),
+    backoffBaseMs: ms.default(DEFAULT_RETRY_BACKOFF_BASE_MS),
+    backoffMaxMs: ms.default(DEFAULT_RETRY_BACKOFF_MAX_MS),
+    tenantId: z.string().min(1).max(255).optional(),
+  })
+  .strict();
+
+/**
+ * Options of {@link WritebackWorker}. Times in milliseconds.
+ *
+ * - `store`, `client`: required seams.
+ * - `workerId`: lease owner id, default `worker-<random>`.
+ * - `concurrency`: commands in progress at once, default {@link DEFAULT_WORKER_CONCURRENCY}.
+ * - `pollIntervalMs`: idle wait between lease queries, default {@link DEFAULT_POLL_INTERVAL_MS}.
+ * - `leaseMs`: visibility timeout, default {@link DEFAULT_LEASE_MS}. Keep it well above `verifyWindowMs` plus the
+ *   client's `deadlineMs`.
+ * - `maxAttempts`, `maxAgeMs`: budgets, defaults {@link DEFAULT_COMMAND_MAX_ATTEMPTS}, {@link DEFAULT_MAX_AGE_MS}.
+ * - `verifyWindowMs`, `verifyPolls`: unknown-outcome verification, defaults {@link DEFAULT_VERIFY_WINDOW_MS},
+ *   {@link DEFAULT_VERIFY_POLLS}.
+ * - `backoffBaseMs`, `backoffMaxMs`: retry backoff, defaults {@link DEFAULT_RETRY_BACKOFF_BASE_MS}, {@link DEFAULT_RETRY_BACKOFF_MAX_MS}.
+ * - `tenantId`: only lease this tenant's commands (default: all).
+ * - `vendorProfile`: per tenant, default `{ conditionalCreate: true }`.
+ * - `clock`, `sleep`, `random`: time and jitter seams (defaults `Date.now`, a timer, `Math.random`).
+ * - `onEvent`: lifecycle events (ids and states only, never PHI).
+ */
+export type WritebackWorkerOptions = z.input<typeof schema> & {
+  readonly store: Store;
+  readonly client: EhrClient;
+  readonly vendorProfile?: (tenant: TenantRecord) => WritebackVendorProfile;
+  readonly clock?: () => number;
+  /** Resolves after `ms`, or early (without throwing) when `signal` aborts. */
+  readonly sleep?: (ms: number, signal: AbortSignal) => Promise<void>;
+  readonly random?: () => number;
+  readonly onEvent?: (event: WritebackEvent) => void;
+};
+
+export type ResolvedWorkerOptions = Readonly<z.output<typeof schema>> & {
+  readonly workerId: string;
+  readonly store: Store;
+  readonly client: EhrClient;
+  readonly vendorProfile: (tenant: TenantRecord) => WritebackVendorProfile;
+  readonly clock: () => number;
+  readonly sleep: (ms: number, signal: AbortSignal) => Promise<void>;
+  readonly random: () => number;
+  readonly onEvent: (event: WritebackEvent) => void;
+};
+
+/** A sleep that ends early, quietly, when the signal aborts. */
+export async function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return;
+  await delay(ms, undefined, { signal }).catch(() => {});
+}
+
+export function resolveWorkerOptions(input: WritebackWorkerOptions): ResolvedWorkerOptions {
+  const { store, client, vendorProfile, clock, sleep, random, onEvent, ...plain } = input;
+  const parsed = schema.safeParse(plain);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new TetherError('CONFIG_INVALID', `Invalid write-back worker option '${issue?.path.join('.') ?? ''}': ${issue?.message ?? ''}`);
+  }
+  if (!store || !client) throw new TetherError('CONFIG_INVALID', 'The write-back worker needs a store and an EHR client.');
+  return Object.freeze({
+    ...parsed.data,
+    workerId: parsed.data.workerId ?? `worker-${randomBytes(4).toString('hex')}`,
+    store,
+    client,
+    vendorProfile: vendorProfile ?? (() => ({ conditionalCreate: true })),
+    clock: clock ?? Date.now,
+    sleep: sleep ?? abortableSleep,
+    random: random ?? Math.random,
+    onEvent: onEvent ?? (() => {}),
+  });
+}
+
+/**
+ * Backoff before retry `n` (1 = first): "equal jitter", uniform in `[c/2, c)` with `c = min(max, base × 2^(n-1))`.
+ * Unlike full jitter it never draws ~0, so a command that keeps failing cannot spin.
+ */
+export function retryDelay(n: number, base: number, max: number, random: () => number): number {
+  const ceiling = Math.min(max, base * 2 ** Math.min(Math.max(n - 1, 0), 30));
+  return Math.floor(ceiling / 2 + (Math.min(Math.max(random(), 0), 1) * ceiling) / 2);
+}

@@ -1,0 +1,653 @@
+/**
+ * The write-back worker: leases due commands and runs the delivery protocol of DESIGN §5, one attempt per lease.
+ *
+ * Safety rests on three things, so that a SIGKILL at any line is harmless:
+ * 1. **Leases, not locks.** A command is worked on under a lease (visibility timeout). A worker that dies leaves
+ *    the lease to expire; the command is then leased again and the next attempt starts by reconciling.
+ * 2. **Reconcile before write.** Any attempt after the first searches the EHR for the business key before
+ *    sending, and an unknown outcome is resolved by searching, never by resending.
+ * 3. **Compare-and-swap everywhere.** Every state change is conditional on the version the worker last saw, and
+ *    every EHR write is preceded by a lease extension that fails once the lease is lost (a fence).
+ *
+ * Nothing here logs or emits the resource, the business key or any EHR payload: events carry ids, states and
+ * reason codes only.
+ */
+import { isTetherError, type ErrorCategory } from '@tether/core';
+import type { EhrTarget, FhirResource, WriteResult } from '../client/index.js';
+import type { CommandAttemptOutcome, CommandPatch, CommandRecord, CommandState, CommandVerification } from '../store/index.js';
+import { businessKeySearch, carriesBusinessKey, contentMatches } from './command.js';
+import type { WritebackEvent } from './events.js';
+import { resolveWorkerOptions, retryDelay, type ResolvedWorkerOptions, type WritebackVendorProfile, type WritebackWorkerOptions } from './options.js';
+import { assertTransition } from './state-machine.js';
+
+/** A compare-and-swap or lease extension failed: another worker owns the command now. Stop touching it. */
+class LeaseLost extends Error {
+  constructor() {
+    super('The lease of the command was lost.');
+    this.name = 'LeaseLost';
+  }
+}
+
+/** What a lookup in the EHR found. */
+type Lookup =
+  | { readonly kind: 'found'; readonly resource: FhirResource }
+  | { readonly kind: 'absent' }
+  | { readonly kind: 'duplicate' }
+  | { readonly kind: 'unclear'; readonly code: string };
+
+/** Where a write landed, from the answer (body, Location or ETag). */
+interface WrittenRef {
+  readonly id: string;
+  readonly versionId: string | null;
+}
+
+type WriteKind = 'create' | 'update' | 'delete';
+
+/** The in-memory state of one attempt: the command as last saved, and what goes into its timeline row. */
+class Attempt {
+  cmd: CommandRecord;
+  readonly n: number;
+  readonly startedAt: number;
+  readonly correlationId: string;
+  readonly steps: string[] = [];
+  target: EhrTarget | undefined;
+  profile: WritebackVendorProfile = { conditionalCreate: true };
+  /** The EHR id an update or delete was sent to. */
+  targetId: string | null = null;
+  conflictRetried = false;
+  outcome: CommandAttemptOutcome | undefined;
+  errorCode: string | null = null;
+  errorCategory: ErrorCategory | string | null = null;
+  ehrStatus: number | null = null;
+  verification: CommandVerification | null = null;
+
+  constructor(cmd: CommandRecord, startedAt: number) {
+    this.cmd = cmd;
+    this.n = cmd.attemptSeq;
+    this.startedAt = startedAt;
+    // Joins this attempt to the EHR's logs (X-Request-Id); the command id is a random UUID, not PHI.
+    this.correlationId = `${cmd.id}.${cmd.attemptSeq}`;
+  }
+
+  step(text: string): void {
+    if (this.steps.length < 64) this.steps.push(text);
+  }
+}
+
+const errorCode = (err: unknown): string => (isTetherError(err) ? err.code : 'INTERNAL');
+
+function versionOf(resource: Readonly<Record<string, unknown>>): string | null {
+  const meta = resource['meta'];
+  const versionId = typeof meta === 'object' && meta !== null ? (meta as Record<string, unknown>)['versionId'] : undefined;
+  return typeof versionId === 'string' ? versionId : null;
+}
+
+/** The id and version of what a write produced: from the body when it is the resource, else Location / ETag. */
+function writtenRef(result: WriteResult, resourceType: string): WrittenRef | undefined {
+  const body = result.body;
+  if (body && body['resourceType'] === resourceType && typeof body['id'] === 'string') return { id: body['id'], versionId: versionOf(body) };
+  const location = result.headers.location;
+  const match = location ? new RegExp(`(?:^|/)${resourceType}/([A-Za-z0-9.-]{1,64})(?:/_history/([A-Za-z0-9.-]{1,64}))?/?$`).exec(location) : null;
+  if (match?.[1]) {
+    const etag = /^(?:W\/)?"([^"]+)"$/.exec(result.headers.etag ?? '');
+    return { id: match[1], versionId: match[2] ?? etag?.[1] ?? null };
+  }
+  return undefined;
+}
+
+/**
+ * Leases due commands and delivers them. Create with options, then either `start()` (background loop until
+ * `stop()`) or drive it step by step with `tick()` / `runUntilIdle()` (tests, CLI one-shots).
+ *
+ * `stop()` is graceful: no new leases; attempts in progress finish their current EHR call (never abandoned
+ * mid-request); waits inside an attempt (the verification window) are cut short and the command is released to
+ * `retry_wait`, due immediately, so another worker picks it up and reconciles first.
+ */
+export class WritebackWorker {
+  readonly options: ResolvedWorkerOptions;
+  readonly #active = new Set<Promise<void>>();
+  readonly #stopping = new AbortController();
+  #loop: Promise<void> | undefined;
+
+  /** Throws `CONFIG_INVALID` for invalid options. Does not touch the store. */
+  constructor(options: WritebackWorkerOptions) {
+    this.options = resolveWorkerOptions(options);
+  }
+
+  /** The lease owner id of this worker. */
+  get id(): string {
+    return this.options.workerId;
+  }
+
+  /** Attempts in progress. */
+  get inFlight(): number {
+    return this.#active.size;
+  }
+
+  /** Starts the background loop: lease, process, poll every `pollIntervalMs` when idle. Idempotent. */
+  start(): void {
+    if (this.#loop || this.#stopping.signal.aborted) return;
+    this.#loop = this.#run();
+  }
+
+  /** Stops leasing, lets attempts in progress finish (waits cut short), releases their leases. Idempotent. */
+  async stop(): Promise<void> {
+    this.#stopping.abort();
+    await this.#loop;
+    await Promise.allSettled([...this.#active]);
+  }
+
+  /**
+   * Leases as many due commands as there are free slots and starts their attempts (without awaiting them).
+   * Returns how many were leased.
+   */
+  async tick(): Promise<number> {
+    const free = this.options.concurrency - this.#active.size;
+    if (free <= 0 || this.#stopping.signal.aborted) return 0;
+    const leased = await this.options.store.commands.lease({
+      owner: this.id,
+      now: this.options.clock(),
+      leaseMs: this.options.leaseMs,
+      limit: free,
+      ...(this.options.tenantId === undefined ? {} : { tenantId: this.options.tenantId }),
+    });
+    for (const command of leased) {
+      const running: Promise<void> = this.#process(command).finally(() => this.#active.delete(running));
+      this.#active.add(running);
+    }
+    return leased.length;
+  }
+
+  /** Resolves once every attempt in progress has ended (does not lease). */
+  async settle(): Promise<void> {
+    await Promise.allSettled([...this.#active]);
+  }
+
+  /** Processes until nothing is due and nothing is in progress (commands waiting for a later time stay). */
+  async runUntilIdle(maxRounds = 10_000): Promise<void> {
+    for (let round = 0; round < maxRounds; round++) {
+      const leased = await this.tick();
+      if (this.#active.size > 0) await Promise.race(this.#active);
+      else if (leased === 0) return;
+    }
+  }
+
+  async #run(): Promise<void> {
+    const signal = this.#stopping.signal;
+    while (!signal.aborted) {
+      let leased = 0;
+      try {
+        leased = await this.tick();
+      } catch {
+        // The store is unavailable: nothing was leased; try again after the poll interval.
+      }
+      if (this.#active.size >= this.options.concurrency) await Promise.race(this.#active);
+      else if (leased === 0) await this.options.sleep(this.options.pollIntervalMs, signal);
+    }
+  }
+
+  #emit(name: WritebackEvent['name'], a: Attempt, extra: { state?: CommandState; reason?: string } = {}): void {
+    try {
+      this.options.onEvent({ name, workerId: this.id, commandId: a.cmd.id, tenantId: a.cmd.tenantId, attempt: a.n, ...extra });
+    } catch {
+      // A listener's failure never affects delivery.
+    }
+  }
+
+  async #process(command: CommandRecord): Promise<void> {
+    const a = new Attempt(command, this.options.clock());
+    this.#emit('command:leased', a, { state: command.state });
+    try {
+      await this.#attempt(a);
+    } catch (err) {
+      if (err instanceof LeaseLost) {
+        this.#emit('command:lease-lost', a);
+        a.outcome ??= 'error';
+        a.errorCode ??= 'lease_lost';
+      } else {
+        const code = errorCode(err);
+        this.#emit('attempt:error', a, { reason: code });
+        a.outcome = 'error';
+        a.errorCode = code;
+        // Best effort: give the command back for a later attempt (which reconciles first). If the store is down
+        // too, the lease simply expires.
+        await this.#retryLater(a, code).catch(() => {});
+      }
+    } finally {
+      await this.options.store.commands
+        .appendAttempt({
+          commandId: a.cmd.id,
+          n: a.n,
+          worker: this.id,
+          startedAt: a.startedAt,
+          endedAt: this.options.clock(),
+          outcome: a.outcome ?? 'error',
+          errorCode: a.errorCode,
+          errorCategory: a.errorCategory,
+          ehrStatus: a.ehrStatus,
+          verification: a.verification,
+          correlationId: a.correlationId,
+          steps: a.steps.length > 0 ? a.steps.join(' ') : null,
+        })
+        .catch(() => {});
+      this.#emit('command:settled', a, { state: a.cmd.state });
+    }
+  }
+
+  // ------------------------------------------------------------------------------------------ persistence
+
+  /** Saves a patch with compare-and-swap; a state change is checked against the state machine and audited. */
+  async #save(a: Attempt, patch: CommandPatch, reason: string | null): Promise<void> {
+    const to = patch.state;
+    const changes = to !== undefined && to !== a.cmd.state;
+    if (changes) assertTransition(a.cmd.state, to);
+    if (patch.leaseOwner === null) this.#emit('command:releasing', a, { ...(to === undefined ? {} : { state: to }) });
+    const next = await this.options.store.commands.transition(
+      a.cmd.id,
+      a.cmd.version,
+      patch,
+      changes ? { kind: 'transition', actor: `worker:${this.id}`, reason } : undefined,
+    );
+    if (!next) throw new LeaseLost();
+    a.cmd = next;
+  }
+
+  /** Moves to a state that gives the lease up. */
+  #release(a: Attempt, state: CommandState, reason: string | null, extra: CommandPatch = {}): Promise<void> {
+    return this.#save(a, { ...extra, state, stateReason: reason, leaseOwner: null, leaseExpiresAt: null }, reason);
+  }
+
+  /**
+   * `retry_wait` after a backoff (or `delayMs`), or `needs_review` once the attempts budget is spent.
+   * `countAttempt: false` (429s) gives the attempt back to the budget: a rate limit says nothing about the command.
+   */
+  async #retryLater(a: Attempt, reason: string, options: { delayMs?: number; countAttempt?: boolean } = {}): Promise<void> {
+    const counted = options.countAttempt !== false;
+    if (counted && a.cmd.attempts >= this.options.maxAttempts) {
+      return this.#release(a, 'needs_review', 'attempts_exhausted', {});
+    }
+    const delayMs = options.delayMs ?? retryDelay(a.cmd.attempts, this.options.backoffBaseMs, this.options.backoffMaxMs, this.options.random);
+    return this.#release(a, 'retry_wait', reason, {
+      nextAttemptAt: this.options.clock() + delayMs,
+      ...(counted ? {} : { attempts: Math.max(0, a.cmd.attempts - 1) }),
+    });
+  }
+
+  /** Extends the lease before an EHR write or a verification poll; throws {@link LeaseLost} when it is gone. */
+  async #fence(a: Attempt): Promise<void> {
+    const now = this.options.clock();
+    const next = await this.options.store.commands.extendLease(a.cmd.id, this.id, a.cmd.version, now, now + this.options.leaseMs);
+    if (!next) throw new LeaseLost();
+    a.cmd = next;
+  }
+
+  // ------------------------------------------------------------------------------------------ the attempt
+
+  async #attempt(a: Attempt): Promise<void> {
+    await this.#recordAbandoned(a);
+    // A working state after a lease expiry: the previous worker died mid-attempt. Start over, reconciling first.
+    if (a.cmd.state !== 'in_flight') await this.#save(a, { state: 'in_flight' }, `resumed_from_${a.cmd.state}`);
+
+    const exhausted = this.#budgetExhausted(a.cmd);
+    if (exhausted) {
+      a.outcome = 'budget_exhausted';
+      return this.#release(a, 'needs_review', exhausted);
+    }
+    if (await this.#newerSiblingVerified(a.cmd)) {
+      a.outcome = 'superseded';
+      return this.#release(a, 'superseded', 'newer_generation_verified');
+    }
+    const tenant = await this.options.store.tenants.get(a.cmd.tenantId);
+    if (!tenant) {
+      a.outcome = 'error';
+      return this.#release(a, 'needs_review', 'tenant_missing');
+    }
+    a.target = { tenantId: tenant.id, baseUrl: tenant.fhirBaseUrl };
+    a.profile = this.options.vendorProfile(tenant);
+
+    switch (a.cmd.action) {
+      case 'create':
+        return this.#create(a);
+      case 'update':
+      case 'upsert':
+        return this.#update(a);
+      case 'delete':
+        return this.#delete(a);
+    }
+  }
+
+  /** Attempts that were leased but never recorded (the worker died) get an `abandoned` row, for the timeline. */
+  async #recordAbandoned(a: Attempt): Promise<void> {
+    if (a.n <= 1) return;
+    const recorded = new Set((await this.options.store.commands.attempts(a.cmd.id)).map((row) => row.n));
+    for (let n = 1; n < a.n; n++) {
+      if (recorded.has(n)) continue;
+      // started_at is when the abandonment was noticed: the dead worker's start time was never recorded.
+      await this.options.store.commands.appendAttempt({
+        commandId: a.cmd.id,
+        n,
+        worker: null,
+        startedAt: a.startedAt,
+        endedAt: null,
+        outcome: 'abandoned',
+        errorCode: 'lease_expired',
+        errorCategory: null,
+        ehrStatus: null,
+        verification: null,
+        correlationId: `${a.cmd.id}.${n}`,
+        steps: null,
+      });
+    }
+  }
+
+  #budgetExhausted(cmd: CommandRecord): string | undefined {
+    const now = this.options.clock();
+    if (cmd.deadlineAt !== null && now > cmd.deadlineAt) return 'deadline_passed';
+    // attempts > max here means leases that never settled (a crash loop): poison protection.
+    if (cmd.attempts > this.options.maxAttempts) return 'attempts_exhausted';
+    if (now - cmd.budgetStartedAt > this.options.maxAgeMs) return 'age_exhausted';
+    return undefined;
+  }
+
+  /**
+   * DESIGN §5 step 8: a command whose newer sibling (same business key) is verified must not be sent. "Newer" is
+   * the later source timestamp when both commands carry a different one, else the higher generation.
+   */
+  async #newerSiblingVerified(cmd: CommandRecord): Promise<boolean> {
+    const verified = await this.options.store.commands.list({ tenantId: cmd.tenantId, businessKey: cmd.businessKey, states: ['verified'], limit: 1_000 });
+    return verified.some((sibling) => {
+      if (sibling.id === cmd.id) return false;
+      if (sibling.sourceTimestamp !== null && cmd.sourceTimestamp !== null && sibling.sourceTimestamp !== cmd.sourceTimestamp) {
+        return sibling.sourceTimestamp > cmd.sourceTimestamp;
+      }
+      return sibling.generation > cmd.generation;
+    });
+  }
+
+  // ------------------------------------------------------------------------------------------ EHR lookups
+
+  #target(a: Attempt): EhrTarget {
+    if (!a.target) throw new Error('target not set');
+    return a.target;
+  }
+
+  /** Searches the EHR for the business key (DESIGN §5 step 2). Errors are `unclear`, never thrown. */
+  async #findByKey(a: Attempt): Promise<Lookup> {
+    try {
+      const res = await this.options.client.search(this.#target(a), a.cmd.context, a.cmd.resourceType, businessKeySearch(a.cmd.businessKey), {
+        correlationId: a.correlationId,
+        priority: a.cmd.priority,
+      });
+      a.step(`search:${res.status}`);
+      // Entries of other types (an OperationOutcome, Epic style) and resources without the key are not matches.
+      const matches = (res.body.entry ?? [])
+        .map((entry) => entry['resource'])
+        .filter(
+          (r): r is FhirResource =>
+            typeof r === 'object' && r !== null && (r as FhirResource).resourceType === a.cmd.resourceType && carriesBusinessKey(r as FhirResource, a.cmd.businessKey),
+        );
+      if (matches.length === 0) return { kind: 'absent' };
+      if (matches.length > 1) return { kind: 'duplicate' };
+      return { kind: 'found', resource: matches[0] as FhirResource };
+    } catch (err) {
+      a.step('search:error');
+      return { kind: 'unclear', code: errorCode(err) };
+    }
+  }
+
+  /** Reads by id. 404/410 is `absent`; other errors are `unclear`. */
+  async #readById(a: Attempt, id: string): Promise<Lookup> {
+    try {
+      const res = await this.options.client.read(this.#target(a), a.cmd.context, a.cmd.resourceType, id, { correlationId: a.correlationId, priority: a.cmd.priority });
+      a.step(`read:${res.status}`);
+      return { kind: 'found', resource: res.body };
+    } catch (err) {
+      const code = errorCode(err);
+      a.step(code === 'EHR_NOT_FOUND' ? 'read:404' : 'read:error');
+      return code === 'EHR_NOT_FOUND' ? { kind: 'absent' } : { kind: 'unclear', code };
+    }
+  }
+
+  // ------------------------------------------------------------------------------------------ actions
+
+  async #create(a: Attempt, searched = false): Promise<void> {
+    // Reconcile before write whenever an earlier attempt may have applied, and always when the EHR has no
+    // conditional create (then the search is the only check before a plain create).
+    const mustSearch = !searched && (a.cmd.attemptSeq > 1 || a.cmd.ehrId !== null || !a.profile.conditionalCreate);
+    if (mustSearch) {
+      const found = await this.#findByKey(a);
+      if (found.kind === 'found') {
+        a.outcome = 'found';
+        return this.#acknowledge(a, { id: found.resource.id ?? '', versionId: versionOf(found.resource) });
+      }
+      if (found.kind === 'duplicate') return this.#duplicate(a);
+      if (found.kind === 'unclear') {
+        a.outcome = 'error';
+        a.errorCode = found.code;
+        return this.#retryLater(a, 'reconcile_unclear');
+      }
+    }
+    await this.#fence(a);
+    const result = await this.options.client.create(this.#target(a), a.cmd.context, a.cmd.resource as FhirResource, {
+      // Second line of defence after the per-key lease (HAPI #3141: conditional create alone is not atomic).
+      ...(a.profile.conditionalCreate ? { ifNoneExist: businessKeySearch(a.cmd.businessKey) } : {}),
+      correlationId: a.correlationId,
+      priority: a.cmd.priority,
+      prefer: 'return=representation',
+    });
+    return this.#afterWrite(a, result, 'create');
+  }
+
+  async #update(a: Attempt, afterConflict = false): Promise<void> {
+    const current = a.cmd.ehrId !== null && !afterConflict ? await this.#readById(a, a.cmd.ehrId) : await this.#findByKey(a);
+    switch (current.kind) {
+      case 'unclear':
+        a.outcome = 'error';
+        a.errorCode = current.code;
+        return this.#retryLater(a, 'reconcile_unclear');
+      case 'duplicate':
+        return this.#duplicate(a);
+      case 'absent':
+        if (a.cmd.action === 'upsert') return this.#create(a, true);
+        a.outcome = 'error';
+        return this.#release(a, 'needs_review', 'not_found_in_ehr');
+      case 'found':
+        break;
+    }
+    const resource = current.resource;
+    const id = resource.id ?? '';
+    a.targetId = id;
+    // Already there (an earlier attempt applied, or nothing to change): verify instead of writing again.
+    if (contentMatches(a.cmd.resource, resource, a.cmd.businessKey)) {
+      a.outcome = 'found';
+      return this.#acknowledge(a, { id, versionId: versionOf(resource) });
+    }
+    // If-Match: the version the change is based on (given at submission or remembered), else the current one.
+    const ifMatch = !afterConflict && a.cmd.ehrVersion !== null ? a.cmd.ehrVersion : versionOf(resource);
+    await this.#fence(a);
+    const result = await this.options.client.update(this.#target(a), a.cmd.context, { ...(a.cmd.resource as FhirResource), id }, {
+      ...(ifMatch === null ? {} : { ifMatch }),
+      correlationId: a.correlationId,
+      priority: a.cmd.priority,
+      prefer: 'return=representation',
+    });
+    return this.#afterWrite(a, result, 'update');
+  }
+
+  async #delete(a: Attempt): Promise<void> {
+    const current = a.cmd.ehrId !== null ? await this.#readById(a, a.cmd.ehrId) : await this.#findByKey(a);
+    switch (current.kind) {
+      case 'unclear':
+        a.outcome = 'error';
+        a.errorCode = current.code;
+        return this.#retryLater(a, 'reconcile_unclear');
+      case 'duplicate':
+        return this.#duplicate(a);
+      case 'absent':
+        // Nothing to delete (never there, or an earlier attempt deleted it): the intent holds.
+        a.outcome = 'found';
+        a.verification = 'absent';
+        await this.#save(a, { state: 'acknowledged', stateReason: null }, 'already_absent');
+        return this.#release(a, 'verified', null);
+      case 'found':
+        break;
+    }
+    const id = current.resource.id ?? '';
+    a.targetId = id;
+    await this.#fence(a);
+    const result = await this.options.client.delete(this.#target(a), a.cmd.context, a.cmd.resourceType, id, {
+      correlationId: a.correlationId,
+      priority: a.cmd.priority,
+    });
+    return this.#afterWrite(a, result, 'delete');
+  }
+
+  // ------------------------------------------------------------------------------------------ outcomes
+
+  /** DESIGN §5 step 4: the decision table per outcome. */
+  async #afterWrite(a: Attempt, result: WriteResult, kind: WriteKind): Promise<void> {
+    a.step(`${kind}:${result.status ?? result.outcome}`);
+    a.outcome = result.outcome;
+    a.ehrStatus = result.status ?? null;
+    a.errorCode = result.error?.code ?? null;
+    a.errorCategory = result.category ?? null;
+    const code = result.error?.code ?? result.outcome;
+
+    switch (result.outcome) {
+      case 'applied': {
+        if (kind === 'delete') return this.#confirmDeleted(a);
+        const ref = writtenRef(result, a.cmd.resourceType);
+        // 2xx without a usable id (empty body, no Location): the EHR has it, find it like an unknown outcome.
+        if (!ref) return this.#verifyUnknown(a, kind);
+        return this.#acknowledge(a, ref);
+      }
+      case 'not_sent':
+        if (result.category === 'forbidden-scope') return this.#release(a, 'rejected', code);
+        return this.#retryLater(a, code, result.retryAfterMs === undefined ? {} : { delayMs: result.retryAfterMs });
+      case 'rate_limited':
+        return this.#retryLater(a, 'rate_limited', { countAttempt: false, ...(result.retryAfterMs === undefined ? {} : { delayMs: result.retryAfterMs }) });
+      case 'rejected':
+        return this.#rejected(a, result, kind);
+      case 'unknown':
+        return this.#verifyUnknown(a, kind);
+    }
+  }
+
+  async #rejected(a: Attempt, result: WriteResult, kind: WriteKind): Promise<void> {
+    const code = result.error?.code ?? 'rejected';
+    const category = result.category;
+    if ((category === 'precondition-failed' || category === 'conflict') && kind === 'update') return this.#conflict(a, code);
+    // 412 on a conditional create: several resources carry the business key.
+    if (category === 'precondition-failed' && kind === 'create') return this.#duplicate(a);
+    // 409 elsewhere is a lock (Accuro scheduler), 401 after the one refresh is an auth problem: both pass.
+    if (category === 'conflict' || category === 'auth') return this.#retryLater(a, code);
+    if (category === 'not-found' && kind === 'delete') return this.#confirmDeleted(a);
+    // Validation, business rule, scope, not-found: permanent, nothing was written.
+    return this.#release(a, 'rejected', code);
+  }
+
+  /**
+   * 412/409 on an update. `upsert`: re-read and send once more with the current version. `update`: the change was
+   * based on a version that is no longer current, so a human decides; the event names the EHR's current version.
+   */
+  async #conflict(a: Attempt, code: string): Promise<void> {
+    await this.#save(a, { state: 'conflict', stateReason: code }, code);
+    if (a.cmd.action === 'upsert' && !a.conflictRetried) {
+      a.conflictRetried = true;
+      await this.#save(a, { state: 'in_flight' }, 'retry_with_current_version');
+      return this.#update(a, true);
+    }
+    const current = a.targetId ? await this.#readById(a, a.targetId) : undefined;
+    const currentVersion = current?.kind === 'found' ? versionOf(current.resource) : null;
+    // Version ids are not PHI: the event tells the operator what the change was based on and what the EHR has.
+    return this.#save(
+      a,
+      { state: 'needs_review', stateReason: 'version_conflict', leaseOwner: null, leaseExpiresAt: null },
+      `version_conflict; based_on=${a.cmd.ehrVersion ?? 'current'}; ehr_current=${currentVersion ?? 'unknown'}`,
+    );
+  }
+
+  async #duplicate(a: Attempt): Promise<void> {
+    a.verification = 'duplicate';
+    return this.#release(a, 'needs_review', 'duplicate_in_ehr');
+  }
+
+  /**
+   * DESIGN §5 step 5: the write was sent and the answer lost. Search for it over the verification window
+   * (`verifyPolls` polls, the last at the end of the window, riding out read-after-write lag). Found →
+   * acknowledged; absent through the whole window → proven absent, retry (the next attempt reconciles first);
+   * lookups failing → unclear, retry with backoff until the budget sends it to the exception queue.
+   * Never a blind resend.
+   */
+  async #verifyUnknown(a: Attempt, kind: WriteKind): Promise<void> {
+    await this.#save(a, { state: 'unknown', stateReason: a.errorCode ?? 'EHR_OUTCOME_UNKNOWN' }, a.errorCode ?? 'EHR_OUTCOME_UNKNOWN');
+    const signal = this.#stopping.signal;
+    const interval = Math.max(1, Math.floor(this.options.verifyWindowMs / this.options.verifyPolls));
+    let unclear = false;
+    for (let poll = 1; poll <= this.options.verifyPolls; poll++) {
+      await this.options.sleep(interval, signal);
+      if (signal.aborted) {
+        a.verification = 'unclear';
+        return this.#retryLater(a, 'verify_interrupted', { delayMs: 0 });
+      }
+      await this.#fence(a);
+      const probe = kind === 'create' ? await this.#findByKey(a) : await this.#readById(a, a.targetId ?? '');
+      if (probe.kind === 'unclear') {
+        unclear = true;
+        continue;
+      }
+      if (probe.kind === 'duplicate') return this.#duplicate(a);
+      if (kind === 'delete') {
+        if (probe.kind === 'absent') return this.#confirmDeleted(a);
+        continue;
+      }
+      if (probe.kind === 'found' && (kind === 'create' || contentMatches(a.cmd.resource, probe.resource, a.cmd.businessKey))) {
+        return this.#acknowledge(a, { id: probe.resource.id ?? '', versionId: versionOf(probe.resource) });
+      }
+    }
+    if (unclear) {
+      a.verification = 'unclear';
+      return this.#retryLater(a, 'verify_unclear');
+    }
+    a.verification = 'absent';
+    return this.#retryLater(a, 'proven_absent', { delayMs: 0 });
+  }
+
+  /** DESIGN §5 step 6: acknowledged, then read back and compare the business key and the fields we sent. */
+  async #acknowledge(a: Attempt, ref: WrittenRef): Promise<void> {
+    await this.#save(a, { state: 'acknowledged', stateReason: null, ehrId: ref.id, ehrVersion: ref.versionId ?? a.cmd.ehrVersion }, 'ehr_has_it');
+    const read = await this.#readById(a, ref.id);
+    switch (read.kind) {
+      case 'found':
+        if (contentMatches(a.cmd.resource, read.resource, a.cmd.businessKey)) {
+          a.verification = 'verified';
+          return this.#release(a, 'verified', null, { ehrVersion: versionOf(read.resource) ?? a.cmd.ehrVersion });
+        }
+        a.verification = 'mismatch';
+        return this.#release(a, 'needs_review', 'verify_mismatch');
+      case 'absent':
+        // Acknowledged, then gone: someone deleted it, or the EHR lost it. Not ours to recreate blindly.
+        a.verification = 'absent';
+        return this.#release(a, 'needs_review', 'verify_absent');
+      case 'duplicate':
+      case 'unclear':
+        a.verification = 'unclear';
+        return this.#retryLater(a, 'verify_read_failed');
+    }
+  }
+
+  async #confirmDeleted(a: Attempt): Promise<void> {
+    await this.#save(a, { state: 'acknowledged', stateReason: null }, 'ehr_has_it');
+    const read = await this.#readById(a, a.targetId ?? a.cmd.ehrId ?? '');
+    if (read.kind === 'absent') {
+      a.verification = 'verified';
+      return this.#release(a, 'verified', null);
+    }
+    if (read.kind === 'found') {
+      a.verification = 'mismatch';
+      return this.#release(a, 'needs_review', 'verify_still_present');
+    }
+    a.verification = 'unclear';
+    return this.#retryLater(a, 'verify_read_failed');
+  }
+}
