@@ -36,6 +36,7 @@ describe('command state machine', () => {
       'acknowledged -> verified',
       'acknowledged -> retry_wait',
       'acknowledged -> needs_review',
+      'acknowledged -> superseded',
       'unknown -> in_flight',
       'unknown -> acknowledged',
       'unknown -> retry_wait',

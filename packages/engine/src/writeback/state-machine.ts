@@ -43,7 +43,8 @@ export const TRANSITIONS: Readonly<Record<CommandState, readonly CommandState[]>
   queued: ['in_flight', 'cancelled'],
   in_flight: ['acknowledged', 'unknown', 'retry_wait', 'rejected', 'conflict', 'needs_review', 'superseded'],
   unknown: ['in_flight', 'acknowledged', 'retry_wait', 'needs_review'],
-  acknowledged: ['in_flight', 'verified', 'retry_wait', 'needs_review'],
+  // -> superseded: the EHR holds the content of a newer generation of the same key (it overtook this one).
+  acknowledged: ['in_flight', 'verified', 'retry_wait', 'needs_review', 'superseded'],
   conflict: ['in_flight', 'retry_wait', 'needs_review'],
   retry_wait: ['in_flight', 'cancelled'],
   needs_review: ['queued', 'verified', 'cancelled'],

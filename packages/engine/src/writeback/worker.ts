@@ -55,6 +55,8 @@ class Attempt {
   /** The EHR id an update or delete was sent to. */
   targetId: string | null = null;
   conflictRetried = false;
+  /** An upsert whose conditional create matched an existing resource continues once as an update. */
+  upsertMatched = false;
   outcome: CommandAttemptOutcome | undefined;
   errorCode: string | null = null;
   errorCategory: ErrorCategory | string | null = null;
@@ -353,6 +355,19 @@ export class WritebackWorker {
    * DESIGN §5 step 8: a command whose newer sibling (same business key) is verified must not be sent. "Newer" is
    * the later source timestamp when both commands carry a different one, else the higher generation.
    */
+  /** The EHR id a sibling command of the same business key recorded (newest generation first), if any. */
+  async #siblingEhrId(cmd: CommandRecord): Promise<string | null> {
+    const siblings = await this.options.store.commands.list({ tenantId: cmd.tenantId, businessKey: cmd.businessKey, limit: 1_000 });
+    const withId = siblings.filter((s) => s.id !== cmd.id && s.ehrId !== null).sort((x, y) => y.generation - x.generation);
+    return withId[0]?.ehrId ?? null;
+  }
+
+  /** True when the EHR's copy carries the content of a newer command of the same business key. */
+  async #newerSiblingApplied(cmd: CommandRecord, stored: Readonly<Record<string, unknown>>): Promise<boolean> {
+    const siblings = await this.options.store.commands.list({ tenantId: cmd.tenantId, businessKey: cmd.businessKey, limit: 1_000 });
+    return siblings.some((s) => s.id !== cmd.id && s.generation > cmd.generation && contentMatches(s.resource, stored, cmd.businessKey));
+  }
+
   async #newerSiblingVerified(cmd: CommandRecord): Promise<boolean> {
     const verified = await this.options.store.commands.list({ tenantId: cmd.tenantId, businessKey: cmd.businessKey, states: ['verified'], limit: 1_000 });
     return verified.some((sibling) => {
@@ -439,7 +454,11 @@ export class WritebackWorker {
   }
 
   async #update(a: Attempt, afterConflict = false): Promise<void> {
-    const current = a.cmd.ehrId !== null && !afterConflict ? await this.#readById(a, a.cmd.ehrId) : await this.#findByKey(a);
+    // The target's id: this command's, or one a sibling of the same business key already established. A read by
+    // id is strongly consistent, while a search may lag behind a write the EHR just applied.
+    const knownId = afterConflict ? null : (a.cmd.ehrId ?? (await this.#siblingEhrId(a.cmd)));
+    let current = knownId !== null ? await this.#readById(a, knownId) : await this.#findByKey(a);
+    if (knownId !== null && current.kind === 'absent') current = await this.#findByKey(a);
     switch (current.kind) {
       case 'unclear':
         a.outcome = 'error';
@@ -519,6 +538,13 @@ export class WritebackWorker {
         const ref = writtenRef(result, a.cmd.resourceType);
         // 2xx without a usable id (empty body, no Location): the EHR has it, find it like an unknown outcome.
         if (!ref) return this.#verifyUnknown(a, kind);
+        // An upsert's conditional create answered 200: the key existed after all (a search lagging behind the
+        // EHR said absent), nothing was written. Carry on as an update of that resource.
+        if (kind === 'create' && a.cmd.action === 'upsert' && result.status === 200 && !a.upsertMatched) {
+          a.upsertMatched = true;
+          a.cmd = { ...a.cmd, ehrId: ref.id };
+          return this.#update(a);
+        }
         return this.#acknowledge(a, ref);
       }
       case 'not_sent':
@@ -624,6 +650,11 @@ export class WritebackWorker {
           return this.#release(a, 'verified', null, { ehrVersion: versionOf(read.resource) ?? a.cmd.ehrVersion });
         }
         a.verification = 'mismatch';
+        // A newer generation of the same key may have been applied first (the older create's conditional create
+        // then matches the newer content): the EHR is ahead of this command, not wrong.
+        if (await this.#newerSiblingApplied(a.cmd, read.resource)) {
+          return this.#release(a, 'superseded', 'newer_generation_applied');
+        }
         return this.#release(a, 'needs_review', 'verify_mismatch');
       case 'absent':
         // Acknowledged, then gone: someone deleted it, or the EHR lost it. Not ours to recreate blindly.

@@ -165,8 +165,22 @@ describe('write-back against the sandbox (SQLite store)', () => {
     expect(await stateOf(h, upsert.id)).toMatchObject({ state: 'verified', ehrId, ehrVersion: '3' });
     expect((await h.store.commands.events(upsert.id)).map((e) => e.toState)).toEqual(['queued', 'conflict', 'in_flight', 'acknowledged', 'verified']);
     const [attempt] = await h.store.commands.attempts(upsert.id);
-    expect(attempt?.steps).toBe('search:200 update:412 search:200 update:200 read:200');
+    // The target is found by the id the earlier create recorded (a consistent read), not by a search.
+    expect(attempt?.steps).toBe('read:200 update:412 search:200 update:200 read:200');
     expect(await h.creates('lab:upd-1')).toHaveLength(1);
+  });
+
+  it('an upsert whose key exists but is not yet visible to search updates it (found by the conditional create), once', async () => {
+    h = await startHarness({ faults: { faults: [{ id: 'lag', kind: 'visibility-lag', lagMs: 60_000 }] } });
+    // The resource exists in the EHR, but searches will not show it for a minute; no command recorded its id.
+    const existing = await h.client.create(h.target, 'system', { ...observation(70), identifier: [{ system: BUSINESS_KEY_SYSTEM, value: 'lab:lag-upsert' }] });
+    expect(existing.outcome).toBe('applied');
+    const upsert = await h.submit({ businessKey: 'lab:lag-upsert', action: 'upsert', resource: observation(71) });
+    await h.worker().runUntilIdle();
+    expect((await stateOf(h, upsert.id)).state).toBe('verified');
+    const [attempt] = await h.store.commands.attempts(upsert.id);
+    expect(attempt?.steps).toBe('search:200 create:200 read:200 update:200 read:200');
+    expect(await h.creates('lab:lag-upsert')).toHaveLength(1);
   });
 
   it('ordering: a command whose newer sibling is verified becomes superseded and is never sent', async () => {

@@ -1,0 +1,325 @@
+#!/usr/bin/env node
+// Chaos harness: proves the write-back promise end to end.
+//   npm run chaos -- --commands N --seed S --engines K --store sqlite|postgres [--json FILE] [--keep]
+// Starts the sandbox with the chaos fault mix, K engine processes on one store, submits N commands (creates and
+// updates of Observation, Condition and DocumentReference for ~200 patients, with planted PHI canaries) from an
+// intent ledger written BEFORE submission, SIGKILLs engine processes 3 times at seeded random moments (each
+// restarted), waits until every command is settled, then runs the independent checker over the ledger, the
+// engine's claims, the sandbox write log, a final read by business key and every log file.
+// Every loop is bounded (--timeout seconds); all traffic stays on 127.0.0.1.
+import { fork } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { appendFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { exportJWK, generateKeyPair } from 'jose';
+import { canonicalContentHash, check, isViolation } from '@tether/checker';
+import {
+  BUSINESS_KEY_SYSTEM,
+  createEhrClient,
+  createStore,
+  generateMasterKey,
+  Keyring,
+  parseMasterKey,
+  stampBusinessKey,
+  TenantService,
+  TokenBroker,
+} from '@tether/engine';
+
+const here = (p) => fileURLToPath(new URL(p, import.meta.url));
+
+function args(argv) {
+  const o = { commands: 1000, seed: 1, engines: 1, store: 'sqlite', patients: 200, timeout: 300, json: undefined, keep: false, kills: 3 };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (!a.startsWith('--')) continue;
+    const key = a.slice(2);
+    const next = argv[i + 1];
+    if (next === undefined || next.startsWith('--')) o[key] = true;
+    else {
+      o[key] = typeof o[key] === 'number' ? Number(next) : next;
+      i++;
+    }
+  }
+  if (o.store !== 'sqlite' && o.store !== 'postgres') throw new Error('--store must be sqlite or postgres');
+  if (o.store === 'sqlite' && o.engines !== 1) throw new Error('the SQLite store is single-process: use --engines 1');
+  return o;
+}
+
+/** Seeded PRNG (mulberry32): the workload and the kill schedule replay from the seed. */
+function rng(seed) {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function once(child, type) {
+  return new Promise((resolve, reject) => {
+    const onExit = (code) => reject(new Error(`child exited with ${code}`));
+    child.once('exit', onExit);
+    const onMessage = (m) => {
+      if (type && m?.type !== type) return;
+      child.off('message', onMessage);
+      child.off('exit', onExit);
+      resolve(m);
+    };
+    child.on('message', onMessage);
+  });
+}
+
+/** One resource of the workload, with canary strings where PHI would be (notes, descriptions). */
+function resourceFor(type, patient, canary, variant) {
+  const subject = { reference: `Patient/p-${patient}` };
+  if (type === 'Observation') {
+    return {
+      resourceType: 'Observation',
+      status: variant === 0 ? 'final' : 'amended',
+      code: { coding: [{ system: 'http://loinc.org', code: '8867-4' }] },
+      subject,
+      effectiveDateTime: '2026-11-01T10:00:00Z',
+      valueQuantity: { value: 60 + variant, unit: '/min', system: 'http://unitsofmeasure.org', code: '/min' },
+      note: [{ text: `Patient ${canary} reports palpitations (v${variant})` }],
+    };
+  }
+  if (type === 'Condition') {
+    return {
+      resourceType: 'Condition',
+      subject,
+      code: { coding: [{ system: 'http://snomed.info/sct', code: '49436004' }] },
+      clinicalStatus: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/condition-clinical', code: variant === 0 ? 'active' : 'resolved' }] },
+      note: [{ text: `History given by ${canary} (v${variant})` }],
+    };
+  }
+  return {
+    resourceType: 'DocumentReference',
+    status: 'current',
+    subject,
+    type: { coding: [{ system: 'http://loinc.org', code: '11506-3' }] },
+    description: `Progress note for ${canary} (v${variant})`,
+    content: [{ attachment: { contentType: 'text/plain', data: Buffer.from(`note ${variant}`).toString('base64') } }],
+  };
+}
+
+async function main() {
+  const o = args(process.argv.slice(2));
+  const random = rng(o.seed);
+  const dir = mkdtempSync(join(tmpdir(), 'tether-chaos-'));
+  const started = Date.now();
+  const say = (msg) => process.stderr.write(`[chaos ${((Date.now() - started) / 1000).toFixed(1)}s] ${msg}\n`);
+  const children = new Set();
+  let dbName;
+  const adminUrl = process.env.TETHER_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+  try {
+    // --- The store.
+    let storeOptions;
+    if (o.store === 'postgres') {
+      dbName = `tether_chaos_${randomBytes(5).toString('hex')}`;
+      const admin = new pg.Client({ connectionString: adminUrl });
+      await admin.connect();
+      await admin.query(`CREATE DATABASE ${dbName}`);
+      await admin.end();
+      storeOptions = { kind: 'postgres', connectionString: adminUrl.replace(/\/[^/]*$/, `/${dbName}`), poolSize: 6 };
+    } else {
+      storeOptions = { kind: 'sqlite', path: join(dir, 'engine.db') };
+    }
+
+    // --- The sandbox with the chaos mix: the storm starts 8 s in so that short runs meet it too.
+    const { publicKey, privateKey } = await generateKeyPair('ES384', { extractable: true });
+    const scope = 'system/Observation.cruds system/Condition.cruds system/DocumentReference.cruds';
+    const faults = JSON.parse(readFileSync(here('../packages/sandbox/faults/chaos.json'), 'utf8'));
+    for (const f of faults.faults) if (f.kind === 'storm') f.startMs = 8_000;
+    writeFileSync(join(dir, 'faults.json'), JSON.stringify(faults));
+    const sandboxLog = join(dir, 'sandbox.log');
+    const sandbox = fork(here('./chaos/sandbox.mjs'), [
+      JSON.stringify({
+        seed: o.seed,
+        faultsFile: join(dir, 'faults.json'),
+        tokenTtlSeconds: 30,
+        logFile: sandboxLog,
+        clients: [{ client_id: 'chaos', scope, jwks: { keys: [{ ...(await exportJWK(publicKey)), kid: 'chaos', alg: 'ES384' }] } }],
+      }),
+    ], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    children.add(sandbox);
+    const { fhirBaseUrl, url: sandboxUrl } = await once(sandbox);
+    say(`sandbox at ${fhirBaseUrl} (seed ${o.seed})`);
+
+    // --- The tenant (registered before any engine holds the store).
+    const masterKey = generateMasterKey();
+    {
+      const store = createStore(storeOptions);
+      await store.migrate();
+      await new TenantService({ store, keyring: new Keyring(parseMasterKey(masterKey)) }).register({
+        id: 'chaos-clinic',
+        fhirBaseUrl,
+        environment: 'sandbox',
+        authMethod: 'backend-services',
+        clientId: 'chaos',
+        scopes: scope,
+        privateJwk: { ...(await exportJWK(privateKey)), kid: 'chaos', alg: 'ES384' },
+      });
+      await store.close();
+    }
+
+    // --- The intent ledger, written before anything is submitted.
+    const types = ['Observation', 'Condition', 'DocumentReference'];
+    const keys = [];
+    const ledgerFile = join(dir, 'ledger.ndjson');
+    const checkerLedger = [];
+    const seqByKey = new Map();
+    for (let i = 0; i < o.commands; i++) {
+      const update = keys.length > 0 && random() < 0.3;
+      const key = update ? keys[Math.floor(random() * keys.length)] : { key: `chaos-${o.seed}-${i}`, type: types[Math.floor(random() * 3)], patient: Math.floor(random() * o.patients) };
+      if (!update) keys.push(key);
+      const seq = (seqByKey.get(key.key) ?? 0) + 1;
+      seqByKey.set(key.key, seq);
+      const canary = `Zqx${o.seed}Canary${i}Vlk`;
+      const resource = resourceFor(key.type, key.patient, canary, seq - 1);
+      const commandId = `cmd-${o.seed}-${i}`;
+      const stamped = stampBusinessKey(resource, key.key);
+      const entry = {
+        commandId,
+        businessKey: `${BUSINESS_KEY_SYSTEM}|${key.key}`,
+        resourceType: key.type,
+        action: update ? 'update' : 'create',
+        expect: 'accept',
+        contentHash: canonicalContentHash(stamped),
+        seq,
+        canaries: [canary],
+      };
+      checkerLedger.push(entry);
+      appendFileSync(ledgerFile, `${JSON.stringify({ ...entry, key: key.key, engineAction: update ? 'upsert' : 'create', resource })}\n`);
+    }
+    say(`ledger: ${o.commands} commands over ${keys.length} business keys`);
+
+    // --- Engines.
+    const engines = [];
+    const engineConfig = (n) => ({
+      store: storeOptions,
+      masterKey,
+      tenantId: 'chaos-clinic',
+      workerId: `engine-${n}`,
+      concurrency: 8,
+      leaseMs: 20_000,
+      verifyWindowMs: 2_000,
+      attemptTimeoutMs: 5_000,
+      logFile: join(dir, `engine-${n}.log`),
+      submitLedger: n === 0 ? ledgerFile : null,
+    });
+    const spawnEngine = (n) => {
+      const child = fork(here('./chaos/engine.mjs'), [JSON.stringify(engineConfig(n))], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+      children.add(child);
+      child.once('exit', () => children.delete(child));
+      engines[n] = child;
+      return child;
+    };
+    for (let n = 0; n < o.engines; n++) spawnEngine(n);
+
+    // --- SIGKILLs at seeded moments in the first part of the run, each engine restarted at once.
+    const killAt = Array.from({ length: o.kills }, () => 2_000 + Math.floor(random() * 25_000)).sort((a, b) => a - b);
+    const killTargets = killAt.map(() => Math.floor(random() * o.engines));
+    let kills = 0;
+    const deadline = started + o.timeout * 1000;
+    let settled = false;
+    while (Date.now() < deadline) {
+      const elapsed = Date.now() - started;
+      while (kills < killAt.length && elapsed >= killAt[kills]) {
+        const n = killTargets[kills];
+        say(`SIGKILL engine-${n}`);
+        engines[n].kill('SIGKILL');
+        await new Promise((r) => (engines[n].exitCode !== null || engines[n].signalCode !== null ? r() : engines[n].once('exit', r)));
+        spawnEngine(n);
+        kills++;
+      }
+      await sleep(1_000);
+      if (kills < killAt.length) continue;
+      try {
+        const reply = once(engines[0], 'status');
+        engines[0].send({ type: 'status' });
+        const status = await Promise.race([reply, sleep(5_000).then(() => undefined)]);
+        if (status?.submitted && status.open === 0) {
+          settled = true;
+          break;
+        }
+      } catch {
+        // The engine is restarting.
+      }
+    }
+    say(settled ? 'every command settled' : 'timed out before every command settled');
+
+    // --- Stop the engines, switch faults off, collect the evidence.
+    for (const e of engines) e.kill('SIGTERM');
+    await Promise.all(engines.map((e) => new Promise((r) => (e.exitCode !== null || e.signalCode !== null ? r() : e.once('exit', r)))));
+    const faultStats = await (await fetch(`${sandboxUrl}/_admin/faults/stats`)).json();
+    await fetch(`${sandboxUrl}/_admin/faults`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"faults":[]}' });
+    const writeLog = (await (await fetch(`${sandboxUrl}/_admin/write-log`)).text()).split('\n').filter(Boolean).map((l) => JSON.parse(l));
+
+    const store = createStore(storeOptions);
+    await store.migrate();
+    const broker = new TokenBroker({ store, keyring: new Keyring(parseMasterKey(masterKey)) });
+    const client = createEhrClient({ tokenProvider: broker, rateLimit: null });
+    const target = { tenantId: 'chaos-clinic', baseUrl: fhirBaseUrl };
+    const claims = [];
+    const finalRead = [];
+    let unsettled = 0;
+    const stateCounts = {};
+    for (const k of keys) {
+      for (const c of await store.commands.list({ tenantId: 'chaos-clinic', businessKey: k.key, limit: 1000 })) {
+        claims.push({ commandId: c.idempotencyKey, state: c.state, ...(c.stateReason ? { reason: c.stateReason } : {}), ...(c.ehrId ? { ehrId: c.ehrId } : {}) });
+        stateCounts[c.state] = (stateCounts[c.state] ?? 0) + 1;
+        if (!['verified', 'superseded', 'cancelled', 'rejected', 'needs_review'].includes(c.state)) unsettled++;
+        if ((c.state === 'rejected' || c.state === 'needs_review') && !c.stateReason) unsettled++;
+      }
+      for await (const page of client.searchPages(target, 'system', k.type, { identifier: `${BUSINESS_KEY_SYSTEM}|${k.key}` })) {
+        for (const e of page.entry ?? []) finalRead.push(e.resource);
+      }
+    }
+    await client.close();
+    await store.close();
+
+    const logs = [sandboxLog, ...Array.from({ length: o.engines }, (_, n) => join(dir, `engine-${n}.log`))].map((name) => {
+      try {
+        return { name, text: readFileSync(name, 'utf8') };
+      } catch {
+        return { name, text: '' };
+      }
+    });
+    const report = check({
+      ledger: checkerLedger,
+      claims,
+      writeLog,
+      finalRead,
+      logs,
+      faults: faultStats,
+      seed: o.seed,
+      businessKeySystem: BUSINESS_KEY_SYSTEM,
+    });
+    const out = { ...report, store: o.store, engines: o.engines, kills, settled, unsettled, states: stateCounts, seconds: Math.round((Date.now() - started) / 1000) };
+    process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+    if (o.json && o.json !== true) writeFileSync(o.json, `${JSON.stringify(out, null, 2)}\n`);
+    if (isViolation(report) || !settled || unsettled > 0) process.exitCode = 1;
+    if (o.keep) say(`evidence kept in ${dir}`);
+  } finally {
+    for (const c of children) c.kill('SIGKILL');
+    if (!o.keep) rmSync(dir, { recursive: true, force: true });
+    if (dbName) {
+      const admin = new pg.Client({ connectionString: adminUrl });
+      await admin.connect();
+      await admin.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
+      await admin.end();
+    }
+  }
+}
+
+main().catch((err) => {
+  process.stderr.write(`chaos: ${err?.stack ?? err}\n`);
+  process.exitCode = 2;
+});

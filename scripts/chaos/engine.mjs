@@ -1,0 +1,95 @@
+// Chaos harness child: one engine process (auth broker, EHR client, write-back worker) on the shared store.
+// The submitting engine also submits the intent ledger (idempotency keys make a resubmission after a SIGKILL
+// safe). It answers `status` requests over IPC and logs every worker, client and broker event as a JSON line.
+import { appendFileSync, readFileSync } from 'node:fs';
+import {
+  createEhrClient,
+  createStore,
+  Keyring,
+  parseMasterKey,
+  submitCommand,
+  TokenBroker,
+  WritebackWorker,
+} from '@tether/engine';
+
+const cfg = JSON.parse(process.argv[2]);
+const log = (msg, fields) => appendFileSync(cfg.logFile, `${JSON.stringify({ time: new Date().toISOString(), pid: process.pid, msg, ...fields })}\n`);
+const broken = cfg.broken ?? null;
+
+const store = createStore(cfg.store);
+await store.migrate();
+const broker = new TokenBroker({ store, keyring: new Keyring(parseMasterKey(cfg.masterKey)) });
+for (const name of ['token:refreshed', 'token:refresh-failed', 'tenant:paused', 'auth:clock-skew']) {
+  broker.events.on(name, (payload) => log(name, payload));
+}
+const client = createEhrClient({
+  tokenProvider: broker,
+  attemptTimeoutMs: cfg.attemptTimeoutMs,
+  headersTimeoutMs: cfg.attemptTimeoutMs,
+  deadlineMs: cfg.attemptTimeoutMs * 3,
+  maxRetryAfterMs: 10_000,
+  rateLimit: null,
+  onEvent: (event) => log(`client:${event.name}`, event.payload),
+});
+const worker = new WritebackWorker({
+  store,
+  client,
+  workerId: cfg.workerId,
+  concurrency: cfg.concurrency,
+  leaseMs: cfg.leaseMs,
+  verifyWindowMs: cfg.verifyWindowMs,
+  pollIntervalMs: 50,
+  maxAttempts: 30,
+  onEvent: (event) => log('writeback', event),
+});
+let submitted = !cfg.submitLedger;
+worker.start();
+log('engine.started', { workerId: cfg.workerId, broken });
+
+if (cfg.submitLedger) {
+  const lines = readFileSync(cfg.submitLedger, 'utf8').split('\n').filter(Boolean);
+  for (const line of lines) {
+    const intent = JSON.parse(line);
+    for (let tries = 0; ; tries++) {
+      try {
+        await submitCommand(store, {
+          tenantId: cfg.tenantId,
+          context: 'system',
+          action: intent.engineAction,
+          resourceType: intent.resourceType,
+          resource: intent.resource,
+          businessKey: intent.key,
+          idempotencyKey: intent.commandId,
+          requestedBy: 'chaos-harness',
+          sourceTimestamp: intent.seq,
+        });
+        break;
+      } catch (err) {
+        // 409: the same key is being accepted right now by an earlier incarnation of this process: retry.
+        if (err?.code === 'IDEMPOTENCY_KEY_IN_PROGRESS' && tries < 50) {
+          await new Promise((r) => setTimeout(r, 50));
+          continue;
+        }
+        log('engine.submit-failed', { code: err?.code ?? 'UNKNOWN' });
+        break;
+      }
+    }
+  }
+  submitted = true;
+  log('engine.submitted', { commands: lines.length });
+}
+
+const OPEN_STATES = ['queued', 'in_flight', 'unknown', 'acknowledged', 'retry_wait', 'conflict'];
+process.on('message', async (m) => {
+  if (m?.type === 'status') {
+    const open = await store.commands.list({ tenantId: cfg.tenantId, states: OPEN_STATES, limit: 1 });
+    process.send?.({ type: 'status', submitted, open: open.length });
+  }
+});
+process.on('SIGTERM', async () => {
+  await worker.stop();
+  await client.close();
+  await store.close();
+  log('engine.stopped', {});
+  process.exit(0);
+});
