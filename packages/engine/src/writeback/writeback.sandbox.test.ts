@@ -173,7 +173,8 @@ describe('write-back against the sandbox (SQLite store)', () => {
   it('an upsert whose key exists but is not yet visible to search updates it (found by the conditional create), once', async () => {
     h = await startHarness({ faults: { faults: [{ id: 'lag', kind: 'visibility-lag', lagMs: 60_000 }] } });
     // The resource exists in the EHR, but searches will not show it for a minute; no command recorded its id.
-    const existing = await h.client.create(h.target, 'system', { ...observation(70), identifier: [{ system: BUSINESS_KEY_SYSTEM, value: 'lab:lag-upsert' }] });
+    const seeded = { ...observation(70), resourceType: 'Observation', identifier: [{ system: BUSINESS_KEY_SYSTEM, value: 'lab:lag-upsert' }] };
+    const existing = await h.client.create(h.target, 'system', seeded);
     expect(existing.outcome).toBe('applied');
     const upsert = await h.submit({ businessKey: 'lab:lag-upsert', action: 'upsert', resource: observation(71) });
     await h.worker().runUntilIdle();
