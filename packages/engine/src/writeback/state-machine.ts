@@ -21,22 +21,10 @@
  * back to `in_flight` and starts the attempt with reconcile-before-write.
  */
 import { TetherError } from '@tether/core';
-import type { CommandState } from '../store/index.js';
+import { COMMAND_STATE_VALUES, LEASED_WORKING_STATES, type CommandState } from '../store/index.js';
 
-/** Every state (DESIGN §5 order). */
-export const COMMAND_STATES = [
-  'queued',
-  'in_flight',
-  'acknowledged',
-  'verified',
-  'unknown',
-  'retry_wait',
-  'rejected',
-  'conflict',
-  'needs_review',
-  'superseded',
-  'cancelled',
-] as const satisfies readonly CommandState[];
+/** Every state (DESIGN §5 order): the same list the store's CHECK constraints use. */
+export const COMMAND_STATES = COMMAND_STATE_VALUES;
 
 /** The legal transitions: `from → [to...]`. Anything else is a bug. */
 export const TRANSITIONS: Readonly<Record<CommandState, readonly CommandState[]>> = Object.freeze({
@@ -62,7 +50,7 @@ export const TERMINAL_STATES: readonly CommandState[] = ['verified', 'superseded
  */
 export const SETTLED_STATES: readonly CommandState[] = ['verified', 'superseded', 'cancelled', 'rejected', 'needs_review'];
 /** States in which a worker holds the command under a lease. */
-export const WORKING_STATES: readonly CommandState[] = ['in_flight', 'unknown', 'acknowledged', 'conflict'];
+export const WORKING_STATES: readonly CommandState[] = LEASED_WORKING_STATES;
 
 export const canTransition = (from: CommandState, to: CommandState): boolean => TRANSITIONS[from].includes(to);
 export const isTerminal = (state: CommandState): boolean => TERMINAL_STATES.includes(state);
