@@ -30,8 +30,16 @@ import {
 
 const here = (p) => fileURLToPath(new URL(p, import.meta.url));
 
+/**
+ * Deliberately wrong engine behaviours and the violation the checker must then report. A checker that cannot
+ * fail proves nothing: with `--broken`, the run passes only if the expected violation is detected.
+ */
+const SENSITIVITY = {
+  'retry-without-verify': { expect: 'duplicated', detected: (r) => r.duplicated > 0 },
+};
+
 function args(argv) {
-  const o = { commands: 1000, seed: 1, engines: 1, store: 'sqlite', patients: 200, timeout: 300, json: undefined, keep: false, kills: 3 };
+  const o = { commands: 1000, seed: 1, engines: 1, store: 'sqlite', patients: 200, timeout: 300, json: undefined, keep: false, kills: 3, broken: undefined };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (!a.startsWith('--')) continue;
@@ -45,6 +53,7 @@ function args(argv) {
   }
   if (o.store !== 'sqlite' && o.store !== 'postgres') throw new Error('--store must be sqlite or postgres');
   if (o.store === 'sqlite' && o.engines !== 1) throw new Error('the SQLite store is single-process: use --engines 1');
+  if (o.broken !== undefined && !(o.broken in SENSITIVITY)) throw new Error(`--broken must be one of ${Object.keys(SENSITIVITY).join(', ')}`);
   return o;
 }
 
@@ -213,6 +222,7 @@ async function main() {
       attemptTimeoutMs: 5_000,
       logFile: join(dir, `engine-${n}.log`),
       submitLedger: n === 0 ? ledgerFile : null,
+      broken: o.broken ?? null,
     });
     const spawnEngine = (n) => {
       const child = fork(here('./chaos/engine.mjs'), [JSON.stringify(engineConfig(n))], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
@@ -302,10 +312,12 @@ async function main() {
       seed: o.seed,
       businessKeySystem: BUSINESS_KEY_SYSTEM,
     });
-    const out = { ...report, store: o.store, engines: o.engines, kills, settled, unsettled, states: stateCounts, seconds: Math.round((Date.now() - started) / 1000) };
+    const sensitivity = o.broken ? { variant: o.broken, expected: `${SENSITIVITY[o.broken].expect} > 0`, detected: SENSITIVITY[o.broken].detected(report) } : undefined;
+    const out = { ...report, store: o.store, engines: o.engines, kills, settled, unsettled, states: stateCounts, seconds: Math.round((Date.now() - started) / 1000), ...(sensitivity ? { sensitivity } : {}) };
     process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
     if (o.json && o.json !== true) writeFileSync(o.json, `${JSON.stringify(out, null, 2)}\n`);
-    if (isViolation(report) || !settled || unsettled > 0) process.exitCode = 1;
+    if (sensitivity) process.exitCode = sensitivity.detected ? 0 : 1;
+    else if (isViolation(report) || !settled || unsettled > 0) process.exitCode = 1;
     if (o.keep) say(`evidence kept in ${dir}`);
   } finally {
     for (const c of children) c.kill('SIGKILL');

@@ -40,6 +40,7 @@ const worker = new WritebackWorker({
   verifyWindowMs: cfg.verifyWindowMs,
   pollIntervalMs: 50,
   maxAttempts: 30,
+  ...(broken ? { unsafeBroken: broken } : {}),
   onEvent: (event) => log('writeback', event),
 });
 let submitted = !cfg.submitLedger;

@@ -56,6 +56,12 @@ const schema = z
     backoffBaseMs: ms.default(DEFAULT_RETRY_BACKOFF_BASE_MS),
     backoffMaxMs: ms.default(DEFAULT_RETRY_BACKOFF_MAX_MS),
     tenantId: z.string().min(1).max(255).optional(),
+    /**
+     * Sensitivity testing only (`npm run chaos -- --broken ...`): switches on a deliberately WRONG behaviour so
+     * that the chaos harness can prove its checker notices. `retry-without-verify`: an unknown outcome is resent
+     * at once as a plain create, without reconciling, searching or conditional create. Never set in production.
+     */
+    unsafeBroken: z.enum(['retry-without-verify']).optional(),
   })
   .strict();
 

@@ -428,7 +428,8 @@ export class WritebackWorker {
   async #create(a: Attempt, searched = false): Promise<void> {
     // Reconcile before write whenever an earlier attempt may have applied, and always when the EHR has no
     // conditional create (then the search is the only check before a plain create).
-    const mustSearch = !searched && (a.cmd.attemptSeq > 1 || a.cmd.ehrId !== null || !a.profile.conditionalCreate);
+    const broken = this.options.unsafeBroken === 'retry-without-verify';
+    const mustSearch = !broken && !searched && (a.cmd.attemptSeq > 1 || a.cmd.ehrId !== null || !a.profile.conditionalCreate);
     if (mustSearch) {
       const found = await this.#findByKey(a);
       if (found.kind === 'found') {
@@ -445,7 +446,7 @@ export class WritebackWorker {
     await this.#fence(a);
     const result = await this.options.client.create(this.#target(a), a.cmd.context, a.cmd.resource as FhirResource, {
       // Second line of defence after the per-key lease (HAPI #3141: conditional create alone is not atomic).
-      ...(a.profile.conditionalCreate ? { ifNoneExist: businessKeySearch(a.cmd.businessKey) } : {}),
+      ...(a.profile.conditionalCreate && !broken ? { ifNoneExist: businessKeySearch(a.cmd.businessKey) } : {}),
       correlationId: a.correlationId,
       priority: a.cmd.priority,
       prefer: 'return=representation',
@@ -607,6 +608,10 @@ export class WritebackWorker {
    */
   async #verifyUnknown(a: Attempt, kind: WriteKind): Promise<void> {
     await this.#save(a, { state: 'unknown', stateReason: a.errorCode ?? 'EHR_OUTCOME_UNKNOWN' }, a.errorCode ?? 'EHR_OUTCOME_UNKNOWN');
+    if (this.options.unsafeBroken === 'retry-without-verify' && kind === 'create') {
+      // Deliberately wrong (sensitivity testing only): resend without finding out whether it was applied.
+      return this.#retryLater(a, 'broken_blind_retry', { delayMs: 0 });
+    }
     const signal = this.#stopping.signal;
     const interval = Math.max(1, Math.floor(this.options.verifyWindowMs / this.options.verifyPolls));
     let unclear = false;

@@ -56,6 +56,16 @@ describe('write-back against the sandbox (SQLite store)', () => {
     expect((await h.store.commands.events(id)).map((e) => e.toState)).toEqual(['queued', 'unknown', 'acknowledged', 'verified']);
   });
 
+  it('the deliberately broken retry-without-verify option duplicates under commit-then-drop (what the chaos sensitivity run relies on)', async () => {
+    h = await startHarness({ faults: { faults: [{ id: 'drop', kind: 'commit-then-drop', match: POST_ONLY, window: { endMs: 1_000_000 } }] } });
+    const { id } = await h.submit({ businessKey: 'lab:broken-1' });
+    const worker = h.worker({ unsafeBroken: 'retry-without-verify', maxAttempts: 3 });
+    await worker.runUntilIdle();
+    // Every attempt was dropped after commit and blindly resent: one create per attempt.
+    expect((await h.creates('lab:broken-1')).length).toBeGreaterThanOrEqual(2);
+    expect((await stateOf(h, id)).state).toBe('needs_review');
+  });
+
   it('reset before processing: proven absent after the window, retried (reconciling first), verified, one create', async () => {
     h = await startHarness({ faults: { faults: [{ id: 'reset', kind: 'reset', match: POST_ONLY }] } });
     const { id } = await h.submit({ businessKey: 'lab:reset-1' });
