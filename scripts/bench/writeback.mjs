@@ -1,0 +1,190 @@
+// Write-back benchmark: direct creates/s to the sandbox (faults off) versus engine commands/s from submit to
+// `verified`, on SQLite (one process) and PostgreSQL (two engine processes), plus submit→durable latency.
+import { fork } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { Pool } from 'undici';
+import { exportJWK, generateKeyPair } from 'jose';
+import {
+  createEhrClient,
+  createStore,
+  generateMasterKey,
+  Keyring,
+  parseMasterKey,
+  submitCommand,
+  TenantService,
+  TokenBroker,
+  WritebackWorker,
+} from '@tether/engine';
+import { closedLoop, machine, parseArgs, recordMarkdown, round, writeJson } from './common.mjs';
+
+const ENGINE = fileURLToPath(new URL('../chaos/engine.mjs', import.meta.url));
+const SANDBOX = fileURLToPath(new URL('../chaos/sandbox.mjs', import.meta.url));
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function observation(i) {
+  return {
+    resourceType: 'Observation',
+    status: 'final',
+    code: { coding: [{ system: 'http://loinc.org', code: '8867-4' }] },
+    subject: { reference: `Patient/p-${i % 200}` },
+    effectiveDateTime: '2026-11-01T10:00:00Z',
+    valueQuantity: { value: i % 150, unit: '/min', system: 'http://unitsofmeasure.org', code: '/min' },
+  };
+}
+
+const pct = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? 0;
+
+async function waitSettled(store, tenantId, total, deadlineMs) {
+  const open = ['queued', 'in_flight', 'unknown', 'acknowledged', 'retry_wait', 'conflict'];
+  const until = Date.now() + deadlineMs;
+  while (Date.now() < until) {
+    const left = await store.commands.list({ tenantId, states: open, limit: 1 });
+    if (left.length === 0) return true;
+    await sleep(20);
+  }
+  return false;
+}
+
+export async function run(argv) {
+  const o = parseArgs(argv, { commands: 2000, concurrency: 16, json: undefined, record: false });
+  const dir = mkdtempSync(join(tmpdir(), 'tether-bench-wb-'));
+  const { publicKey, privateKey } = await generateKeyPair('ES384', { extractable: true });
+  const scope = 'system/Observation.cruds';
+  const jwk = { ...(await exportJWK(publicKey)), kid: 'wb', alg: 'ES384' };
+  const privateJwk = { ...(await exportJWK(privateKey)), kid: 'wb', alg: 'ES384' };
+  writeFileSync(join(dir, 'faults.json'), '{"faults":[]}');
+  const sandbox = fork(SANDBOX, [JSON.stringify({ seed: 1, faultsFile: join(dir, 'faults.json'), tokenTtlSeconds: 3600, logFile: null, clients: [{ client_id: 'wb', scope, jwks: { keys: [jwk] } }] })], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const { fhirBaseUrl } = await new Promise((resolve) => sandbox.once('message', resolve));
+  const masterKey = generateMasterKey();
+  const keyring = new Keyring(parseMasterKey(masterKey));
+  const results = [];
+  // Run in reverse order: stop the sandbox (and wait for it), then remove the directory.
+  const cleanups = [
+    () => rmSync(dir, { recursive: true, force: true }),
+    () => new Promise((resolve) => { sandbox.once('exit', resolve); sandbox.kill('SIGTERM'); }),
+  ];
+  try {
+    // (a) direct: creates with an undici Pool and a static token.
+    {
+      const store = createStore({ kind: 'sqlite', path: ':memory:' });
+      await store.migrate();
+      const broker = new TokenBroker({ store, keyring });
+      await new TenantService({ store, keyring, broker }).register({ id: 'wb', fhirBaseUrl, environment: 'sandbox', authMethod: 'backend-services', clientId: 'wb', scopes: scope, privateJwk });
+      const token = await broker.getAccessToken('wb', 'system');
+      await store.close();
+      const base = new URL(fhirBaseUrl);
+      const pool = new Pool(base.origin, { connections: o.concurrency });
+      const r = await closedLoop({
+        total: o.commands,
+        concurrency: o.concurrency,
+        fn: async (i) => {
+          const res = await pool.request({ method: 'POST', path: `${base.pathname}/Observation`, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/fhir+json' }, body: JSON.stringify(observation(i)) });
+          await res.body.dump();
+          if (res.statusCode !== 201) throw new Error(String(res.statusCode));
+        },
+      });
+      await pool.close();
+      results.push({ subject: 'direct', ops: r.ops, errors: r.errors, opsPerSec: round(r.opsPerSec), p50Ms: round(r.p50Ms, 2), p99Ms: round(r.p99Ms, 2) });
+    }
+
+    // (b) SQLite, one process: submit everything (measuring submit→durable), the worker delivers to `verified`.
+    {
+      const store = createStore({ kind: 'sqlite', path: join(dir, 'wb.db') });
+      await store.migrate();
+      const broker = new TokenBroker({ store, keyring });
+      await new TenantService({ store, keyring, broker }).register({ id: 'wb', fhirBaseUrl, environment: 'sandbox', authMethod: 'backend-services', clientId: 'wb', scopes: scope, privateJwk });
+      const client = createEhrClient({ tokenProvider: broker, rateLimit: null, concurrency: o.concurrency });
+      const worker = new WritebackWorker({ store, client, concurrency: o.concurrency, pollIntervalMs: 5 });
+      const t0 = performance.now();
+      worker.start();
+      const durable = [];
+      for (let i = 0; i < o.commands; i++) {
+        const s = performance.now();
+        await submitCommand(store, { tenantId: 'wb', context: 'system', action: 'create', resourceType: 'Observation', resource: observation(i), businessKey: `wb-sqlite-${i}`, requestedBy: 'bench' });
+        durable.push(performance.now() - s);
+      }
+      const ok = await waitSettled(store, 'wb', o.commands, 300_000);
+      const seconds = (performance.now() - t0) / 1000;
+      const verified = (await store.commands.list({ tenantId: 'wb', states: ['verified'], limit: 1 })).length;
+      await worker.stop();
+      await client.close();
+      await store.close();
+      durable.sort((a, b) => a - b);
+      results.push({ subject: 'sqlite', ops: o.commands, errors: ok && verified ? 0 : 1, opsPerSec: round(o.commands / seconds), p50Ms: round(pct(durable, 50), 2), p99Ms: round(pct(durable, 99), 2) });
+    }
+
+    // (c) PostgreSQL, two engine processes (the chaos engine without faults or kills); engine 0 submits.
+    {
+      const admin = process.env.TETHER_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+      const db = `tether_bench_${randomBytes(4).toString('hex')}`;
+      const c = new pg.Client({ connectionString: admin });
+      await c.connect();
+      await c.query(`CREATE DATABASE ${db}`);
+      await c.end();
+      cleanups.push(async () => {
+        const d = new pg.Client({ connectionString: admin });
+        await d.connect();
+        await d.query(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`);
+        await d.end();
+      });
+      const storeOptions = { kind: 'postgres', connectionString: admin.replace(/\/[^/]*$/, `/${db}`), poolSize: 8 };
+      const store = createStore(storeOptions);
+      await store.migrate();
+      await new TenantService({ store, keyring }).register({ id: 'wb', fhirBaseUrl, environment: 'sandbox', authMethod: 'backend-services', clientId: 'wb', scopes: scope, privateJwk });
+      const ledger = join(dir, 'ledger.ndjson');
+      writeFileSync(ledger, Array.from({ length: o.commands }, (_, i) => JSON.stringify({ commandId: `wb-${i}`, key: `wb-pg-${i}`, seq: 1, engineAction: 'create', resourceType: 'Observation', resource: observation(i) })).join('\n') + '\n');
+      const t0 = performance.now();
+      const engines = [0, 1].map((n) =>
+        fork(ENGINE, [JSON.stringify({ store: storeOptions, masterKey, tenantId: 'wb', workerId: `bench-${n}`, concurrency: o.concurrency / 2, leaseMs: 30_000, verifyWindowMs: 2_000, attemptTimeoutMs: 10_000, logFile: join(dir, `engine-${n}.log`), submitLedger: n === 0 ? ledger : null })], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }),
+      );
+      await sleep(500);
+      // Wait until every command exists and none is open.
+      const until = Date.now() + 300_000;
+      let ok = false;
+      while (Date.now() < until) {
+        const all = await store.commands.list({ tenantId: 'wb', states: ['verified'], limit: 1 });
+        const open = await store.commands.list({ tenantId: 'wb', states: ['queued', 'in_flight', 'unknown', 'acknowledged', 'retry_wait', 'conflict'], limit: 1 });
+        if (all.length > 0 && open.length === 0) {
+          const reply = new Promise((r) => engines[0].once('message', r));
+          engines[0].send({ type: 'status' });
+          const status = await reply;
+          if (status.submitted && status.open === 0) {
+            ok = true;
+            break;
+          }
+        }
+        await sleep(20);
+      }
+      const seconds = (performance.now() - t0) / 1000;
+      for (const e of engines) e.kill('SIGTERM');
+      await sleep(300);
+      await store.close();
+      results.push({ subject: 'postgres-2', ops: o.commands, errors: ok ? 0 : 1, opsPerSec: round(o.commands / seconds), p50Ms: null, p99Ms: null });
+    }
+  } finally {
+    for (const c of cleanups.reverse()) await c();
+  }
+  const direct = results[0].opsPerSec;
+  const ratios = Object.fromEntries(results.slice(1).map((r) => [`${r.subject}/direct`, round(r.opsPerSec / direct, 2)]));
+  const out = { benchmark: 'writeback', date: new Date().toISOString(), machine: machine(), commands: o.commands, concurrency: o.concurrency, results, ratios };
+  console.table(results);
+  console.log(ratios);
+  writeJson(o.json, out);
+  if (o.record) {
+    recordMarkdown(
+      'writeback',
+      `## Write-back: submit to verified\n\nCommand: \`npm run bench -- writeback --record\`  \nDate: ${out.date.slice(0, 10)}  \nMachine: ${out.machine}  \n` +
+        `Setup: sandbox in its own process (auth on, faults off), ${o.commands.toLocaleString('en')} Observation creates, concurrency ${o.concurrency}. ` +
+        `direct: POSTs through an undici Pool with a static token (no durability, no verification). sqlite: one process submits every command (submit→durable latency measured per call) while a worker delivers them; ops/s counts from the first submit until every command is \`verified\` (create with If-None-Exist, then read-back verification: two EHR calls per command). postgres-2: two engine processes on one PostgreSQL (engine 0 submits), same measure.\n\n` +
+        `| subject | commands | errors | ops/s | submit→durable p50 ms | p99 ms |\n|---|---|---|---|---|---|\n` +
+        results.map((r) => `| ${r.subject} | ${r.ops} | ${r.errors} | ${r.opsPerSec} | ${r.subject === 'direct' ? `(request ${r.p50Ms})` : r.p50Ms ?? '—'} | ${r.subject === 'direct' ? `(request ${r.p99Ms})` : r.p99Ms ?? '—'} |`).join('\n') +
+        `\n\nRatios: ${Object.entries(ratios).map(([k, v]) => `${k} = **${v}**`).join('; ')} (target ≥ 0.8 on both stores; submit→durable p99 ≤ 5 ms on SQLite).\n`,
+    );
+  }
+  if (results.some((r) => r.errors > 0)) process.exitCode = 1;
+}
