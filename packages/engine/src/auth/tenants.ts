@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { TetherError } from '@tether/core';
-import type { AuthMethod, Environment, Store, TenantRecord } from '../store/types.js';
+import type { AuthMethod, Environment, Store, TenantRecord } from '../store/index.js';
 import type { TenantCredentials, TokenBroker } from './broker.js';
 import type { Keyring } from './keyring.js';
 

@@ -4,8 +4,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { isTetherError, TetherError } from '@tether/core';
 import { startSandbox, type SandboxClientConfig } from '@tether/sandbox';
 import { loadOrCreateDemoClient } from './demo-client.js';
-import { signClientAssertion } from '../auth/assertion.js';
-import { postTokenRequest } from '../auth/token-endpoint.js';
+import { postTokenRequest, signClientAssertion } from '../auth/index.js';
 
 /** Exit codes of the `tether` CLI (documented in README and docs/cli.md). */
 export const ExitCode = { Ok: 0, Failure: 1, Usage: 2 } as const;

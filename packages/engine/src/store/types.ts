@@ -196,22 +196,23 @@ export interface CommandRecord {
 }
 
 /** What {@link CommandRepo.insert} needs; the store fills in state `queued`, generation, counters and times. */
-export interface NewCommand {
-  readonly id: string;
-  readonly tenantId: string;
-  readonly context: string;
-  readonly action: CommandAction;
-  readonly resourceType: string;
-  readonly businessKey: string;
-  readonly idempotencyKey: string | null;
-  readonly payloadHash: string;
-  readonly resource: Record<string, unknown>;
-  readonly priority: CommandPriority;
-  readonly ehrVersion: string | null;
-  readonly sourceTimestamp: number | null;
-  readonly requestedBy: string;
-  readonly deadlineAt: number | null;
-}
+export type NewCommand = Pick<
+  CommandRecord,
+  | 'id'
+  | 'tenantId'
+  | 'context'
+  | 'action'
+  | 'resourceType'
+  | 'businessKey'
+  | 'idempotencyKey'
+  | 'payloadHash'
+  | 'resource'
+  | 'priority'
+  | 'ehrVersion'
+  | 'sourceTimestamp'
+  | 'requestedBy'
+  | 'deadlineAt'
+>;
 
 /** Fields a transition may change. Absent fields keep their value. */
 export interface CommandPatch {
