@@ -24,6 +24,8 @@ import {
   type EventRow,
 } from './command-rows.js';
 import { fromPgError, type ConstraintCodes } from './driver-errors.js';
+import { apiKeyRepo } from './api-keys.js';
+import { numberPlaceholders, type SqlRunner } from './sql-runner.js';
 import { KeyedMutex, lockTimeoutError } from './keyed-mutex.js';
 import {
   assertMigrationList,
@@ -58,6 +60,7 @@ import {
   type TokenRow,
 } from './records.js';
 import type {
+  ApiKeyRepo,
   CommandAttemptRecord,
   CommandEventRecord,
   CommandFilter,
@@ -252,6 +255,9 @@ export class PostgresStore implements Store {
   readonly tokens: TokenRepo;
   readonly rateLimits: RateLimitRepo;
   readonly commands: CommandRepo;
+  readonly apiKeys: ApiKeyRepo;
+  /** Dialect-neutral access for the simple repos (API keys, audit). */
+  readonly #sql: SqlRunner;
 
   readonly #clock: () => number;
   readonly #log: (line: StoreLogLine) => void;
@@ -311,6 +317,20 @@ export class PostgresStore implements Store {
       attempts: async (commandId) => this.#attempts(commandId),
       events: async (commandId) => this.#events(commandId),
     };
+    this.#sql = {
+      dialect: 'postgres',
+      all: async <R>(action: string, sql: string, params: readonly unknown[] = []) =>
+        (await this.#query<pg.QueryResultRow>(action, numberPlaceholders(sql), [...params])) as R[],
+      run: async (action, sql, params = []) => {
+        this.#assertOpen();
+        try {
+          return (await this.#pool.query(numberPlaceholders(sql), [...params])).rowCount ?? 0;
+        } catch (err) {
+          throw fromPgError(err, action);
+        }
+      },
+    };
+    this.apiKeys = apiKeyRepo(this.#sql, this.#clock);
   }
 
   /**

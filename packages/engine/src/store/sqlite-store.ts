@@ -22,6 +22,8 @@ import {
   type EventRow,
 } from './command-rows.js';
 import { fromSqliteError, type ConstraintCodes } from './driver-errors.js';
+import { apiKeyRepo } from './api-keys.js';
+import type { SqlRunner } from './sql-runner.js';
 import { KeyedMutex } from './keyed-mutex.js';
 import {
   assertMigrationList,
@@ -48,6 +50,7 @@ import {
   type TokenRow,
 } from './records.js';
 import type {
+  ApiKeyRepo,
   CommandAttemptRecord,
   CommandEventRecord,
   CommandFilter,
@@ -207,6 +210,9 @@ export class SqliteStore implements Store {
   readonly tokens: TokenRepo;
   readonly rateLimits: RateLimitRepo;
   readonly commands: CommandRepo;
+  readonly apiKeys: ApiKeyRepo;
+  /** Dialect-neutral access for the simple repos (API keys, audit). */
+  readonly #sql: SqlRunner;
 
   readonly #clock: () => number;
   readonly #migrations: readonly Migration[];
@@ -247,6 +253,12 @@ export class SqliteStore implements Store {
       attempts: async (commandId) => this.#attempts(commandId),
       events: async (commandId) => this.#events(commandId),
     };
+    this.#sql = {
+      dialect: 'sqlite',
+      all: async <R>(action: string, sql: string, params: readonly unknown[] = []) => this.#run(action, () => this.#statement(sql).all(...params) as R[]),
+      run: async (action, sql, params = []) => this.#run(action, () => this.#statement(sql).run(...params).changes),
+    };
+    this.apiKeys = apiKeyRepo(this.#sql, this.#clock);
   }
 
   async migrate(): Promise<void> {

@@ -655,6 +655,41 @@ describe.each([sqliteBackend(), postgresBackend()])('store conformance ($kind)',
     });
   });
 
+  describe('api keys', () => {
+    const hash = () => randomBytes(32).toString('hex');
+
+    it('creates a key, finds it by hash, lists it, records use, revokes it once', async () => {
+      const keyHash = hash();
+      const created = await store.apiKeys.create({ id: `key-${uid()}`, name: 'ops', prefix: 'tk_ab12', keyHash, role: 'operator', tenants: ['t1', 't2'], createdBy: 'bootstrap' });
+      expect(created).toMatchObject({ role: 'operator', tenants: ['t1', 't2'], createdAt: now, revokedAt: null, lastUsedAt: null });
+      expect(await store.apiKeys.findByHash(keyHash)).toEqual(created);
+      expect(await store.apiKeys.findByHash(hash())).toBeUndefined();
+      expect((await store.apiKeys.list()).map((k) => k.id)).toContain(created.id);
+      await store.apiKeys.touch(created.id, now + 5);
+      expect((await store.apiKeys.get(created.id))?.lastUsedAt).toBe(now + 5);
+      expect(await store.apiKeys.revoke(created.id)).toBe(true);
+      expect(await store.apiKeys.revoke(created.id)).toBe(false);
+      expect((await store.apiKeys.get(created.id))?.revokedAt).toBe(now);
+    });
+
+    it('keeps a null tenant list (every tenant) distinct from an empty one', async () => {
+      const all = await store.apiKeys.create({ id: `key-${uid()}`, name: 'admin', prefix: 'tk_x', keyHash: hash(), role: 'admin', tenants: null, createdBy: 'bootstrap' });
+      const none = await store.apiKeys.create({ id: `key-${uid()}`, name: 'nobody', prefix: 'tk_y', keyHash: hash(), role: 'viewer', tenants: [], createdBy: 'bootstrap' });
+      expect((await store.apiKeys.get(all.id))?.tenants).toBeNull();
+      expect((await store.apiKeys.get(none.id))?.tenants).toEqual([]);
+    });
+
+    it('refuses an unknown role, a malformed hash and a reused hash', async () => {
+      const base = { name: 'x', prefix: 'tk', tenants: null, createdBy: 'b' } as const;
+      await expectCode(store.apiKeys.create({ ...base, id: `key-${uid()}`, keyHash: hash(), role: 'root' as never }), 'CONFIG_INVALID');
+      await expectCode(store.apiKeys.create({ ...base, id: `key-${uid()}`, keyHash: 'not-a-hash', role: 'viewer' }), 'CONFIG_INVALID');
+      const keyHash = hash();
+      await store.apiKeys.create({ ...base, id: `key-${uid()}`, keyHash, role: 'viewer' });
+      await expect(store.apiKeys.create({ ...base, id: `key-${uid()}`, keyHash, role: 'viewer' })).rejects.toMatchObject({ name: 'TetherError' });
+      expect((await store.apiKeys.list()).filter((k) => k.keyHash === keyHash)).toHaveLength(1);
+    });
+  });
+
   describe('migrations', () => {
     it('is idempotent, also when called concurrently', async () => {
       await store.migrate();

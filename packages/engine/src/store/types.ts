@@ -114,9 +114,47 @@ export interface Store {
   readonly rateLimits: RateLimitRepo;
   /** Write-back commands, their attempt timeline and their audit events (migration 2). */
   readonly commands: CommandRepo;
+  /** API keys of the HTTP API (migration 3). */
+  readonly apiKeys: ApiKeyRepo;
   /** Applies pending numbered migrations (idempotent; safe with several processes starting at once). */
   migrate(): Promise<void>;
   close(): Promise<void>;
+}
+
+// ------------------------------------------------------------------------------------------------ API keys
+
+/** Roles of the HTTP API (DESIGN §10): what a key may do. */
+export type ApiRole = 'submitter' | 'operator' | 'viewer' | 'admin';
+
+export interface ApiKeyRecord {
+  readonly id: string;
+  /** Human label ("ci", "alice"). Not secret. */
+  readonly name: string;
+  /** The first characters of the key, to recognise it in lists. Not enough to use it. */
+  readonly prefix: string;
+  /** SHA-256 (hex) of the whole key. */
+  readonly keyHash: string;
+  readonly role: ApiRole;
+  /** Tenant ids the key is limited to; null: every tenant. */
+  readonly tenants: readonly string[] | null;
+  readonly createdAt: number;
+  readonly createdBy: string;
+  readonly revokedAt: number | null;
+  readonly lastUsedAt: number | null;
+}
+
+export type NewApiKey = Pick<ApiKeyRecord, 'id' | 'name' | 'prefix' | 'keyHash' | 'role' | 'tenants' | 'createdBy'>;
+
+export interface ApiKeyRepo {
+  /** Throws CONFIG_INVALID on a bad field; a duplicate id or hash is a driver constraint error. */
+  create(key: NewApiKey): Promise<ApiKeyRecord>;
+  get(id: string): Promise<ApiKeyRecord | undefined>;
+  findByHash(keyHash: string): Promise<ApiKeyRecord | undefined>;
+  list(): Promise<ApiKeyRecord[]>;
+  /** True when the key was active and is now revoked. */
+  revoke(id: string): Promise<boolean>;
+  /** Records a use (best effort, for operators). */
+  touch(id: string, at: number): Promise<void>;
 }
 
 // ------------------------------------------------------------------------------------------------ commands

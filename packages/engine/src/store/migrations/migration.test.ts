@@ -21,6 +21,12 @@ const RELEASED: readonly { version: number; name: string; sqlite: string; postgr
     sqlite: '85e6f476f55524184c9a4f3b7c5c6e5880792b6386a69ec56c304cb3ee0161d2',
     postgres: '5f6c3ed60641c60c49f2d7382bf293681d5b0c7d2b650b877d8dbedd9c1d34c4',
   },
+  {
+    version: 3,
+    name: 'api_keys',
+    sqlite: '0e20c22779130978a6168903b653c210dd9bb1db4e063be31a83d53e3adb6d7c',
+    postgres: 'df6a7fc76ed1c8720309c5ae9bb8b3da9ded00b2bd8c7ee28f7dcbcf6f2a8865',
+  },
 ];
 
 describe('released migrations', () => {

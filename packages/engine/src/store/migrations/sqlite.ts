@@ -137,4 +137,25 @@ CREATE TABLE command_events (
 CREATE INDEX command_events_command ON command_events (command_id, seq);
 `,
   },
+  {
+    version: 3,
+    name: 'api_keys',
+    sql: `
+-- API keys of the HTTP API. Only a SHA-256 of the secret is stored (keys are 256-bit random, so a fast hash is
+-- enough: there is nothing to brute-force); \`prefix\` is the non-secret start shown to operators.
+-- \`tenants\` is a JSON array of tenant ids the key is limited to, or NULL for every tenant.
+CREATE TABLE api_keys (
+  id           text    PRIMARY KEY,
+  name         text    NOT NULL,
+  prefix       text    NOT NULL,
+  key_hash     text    NOT NULL UNIQUE,
+  role         text    NOT NULL CHECK (role IN ('submitter', 'operator', 'viewer', 'admin')),
+  tenants      text,
+  created_at   integer NOT NULL,
+  created_by   text    NOT NULL,
+  revoked_at   integer,
+  last_used_at integer
+) STRICT;
+`,
+  },
 ]);
