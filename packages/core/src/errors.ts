@@ -133,6 +133,14 @@ export const ERROR_CATALOGUE = {
   SERVICE_UNAVAILABLE: spec(C.Transient, T, 503, 'transient', 'The service is starting or stopping; retry shortly.'),
   // Configuration and startup.
   CONFIG_INVALID: spec(C.Config, P, 400, 'invalid', 'An options object or configuration file is not valid.'),
+  CONFIG_UNSAFE: spec(C.Config, P, 500, 'security', 'Production mode refused to start: no master key, an embedded sandbox or sandbox tenant, a plain-HTTP EHR URL, or no API auth setting.'),
+  // HTTP API (engine).
+  API_UNAUTHENTICATED: spec(C.Auth, P, 401, 'login', 'The request has no valid API key (Authorization: Bearer <key>), or the key was revoked.'),
+  API_FORBIDDEN: spec(C.ForbiddenScope, P, 403, 'forbidden', "The API key's role or tenant scope does not allow this request."),
+  API_NOT_FOUND: spec(C.NotFound, P, 404, 'not-found', 'No API route matches the method and path.'),
+  REQUEST_INVALID: spec(C.Validation, P, 400, 'invalid', 'The request is malformed (JSON syntax, query or path parameters, headers); the message names the part.'),
+  REQUEST_TOO_LARGE: spec(C.Validation, P, 413, 'too-long', 'The request body is larger than the configured limit.'),
+  UNSUPPORTED_MEDIA_TYPE: spec(C.Validation, P, 415, 'not-supported', 'The request body is not application/json (or application/fhir+json).'),
   INTERNAL: spec(C.Internal, T, 500, 'exception', 'An unexpected internal error; the details are in the log (without PHI).'),
 } as const satisfies Record<string, ErrorSpec>;
 

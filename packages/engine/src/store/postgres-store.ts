@@ -25,6 +25,7 @@ import {
 } from './command-rows.js';
 import { fromPgError, type ConstraintCodes } from './driver-errors.js';
 import { apiKeyRepo } from './api-keys.js';
+import { commandStatsRepo } from './command-stats.js';
 import { numberPlaceholders, type SqlRunner } from './sql-runner.js';
 import { KeyedMutex, lockTimeoutError } from './keyed-mutex.js';
 import {
@@ -61,6 +62,7 @@ import {
 } from './records.js';
 import type {
   ApiKeyRepo,
+  CommandStatsRepo,
   CommandAttemptRecord,
   CommandEventRecord,
   CommandFilter,
@@ -256,6 +258,7 @@ export class PostgresStore implements Store {
   readonly rateLimits: RateLimitRepo;
   readonly commands: CommandRepo;
   readonly apiKeys: ApiKeyRepo;
+  readonly commandStats: CommandStatsRepo;
   /** Dialect-neutral access for the simple repos (API keys, audit). */
   readonly #sql: SqlRunner;
 
@@ -331,6 +334,7 @@ export class PostgresStore implements Store {
       },
     };
     this.apiKeys = apiKeyRepo(this.#sql, this.#clock);
+    this.commandStats = commandStatsRepo(this.#sql);
   }
 
   /**

@@ -23,6 +23,7 @@ import {
 } from './command-rows.js';
 import { fromSqliteError, type ConstraintCodes } from './driver-errors.js';
 import { apiKeyRepo } from './api-keys.js';
+import { commandStatsRepo } from './command-stats.js';
 import type { SqlRunner } from './sql-runner.js';
 import { KeyedMutex } from './keyed-mutex.js';
 import {
@@ -51,6 +52,7 @@ import {
 } from './records.js';
 import type {
   ApiKeyRepo,
+  CommandStatsRepo,
   CommandAttemptRecord,
   CommandEventRecord,
   CommandFilter,
@@ -211,6 +213,7 @@ export class SqliteStore implements Store {
   readonly rateLimits: RateLimitRepo;
   readonly commands: CommandRepo;
   readonly apiKeys: ApiKeyRepo;
+  readonly commandStats: CommandStatsRepo;
   /** Dialect-neutral access for the simple repos (API keys, audit). */
   readonly #sql: SqlRunner;
 
@@ -259,6 +262,7 @@ export class SqliteStore implements Store {
       run: async (action, sql, params = []) => this.#run(action, () => this.#statement(sql).run(...params).changes),
     };
     this.apiKeys = apiKeyRepo(this.#sql, this.#clock);
+    this.commandStats = commandStatsRepo(this.#sql);
   }
 
   async migrate(): Promise<void> {

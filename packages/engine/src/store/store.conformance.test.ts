@@ -655,6 +655,34 @@ describe.each([sqliteBackend(), postgresBackend()])('store conformance ($kind)',
     });
   });
 
+  describe('command stats', () => {
+    it('counts commands per tenant and state with the oldest, verified per minute, and attempts by category', async () => {
+      const tenant = await store.tenants.create(newTenant());
+      const first = now;
+      const a = (await store.commands.insert(newCommand(tenant.id), 'api:t')).command;
+      now += 1_000;
+      await store.commands.insert(newCommand(tenant.id), 'api:t');
+      const leased = await store.commands.lease({ owner: 'w1', now, leaseMs: 10_000, tenantId: tenant.id, limit: 1 });
+      expect(leased.map((c) => c.id)).toEqual([a.id]);
+      await store.commands.appendAttempt({
+        commandId: a.id, n: 1, worker: 'w1', startedAt: now, endedAt: now + 5, outcome: 'applied', errorCode: null, errorCategory: null,
+        ehrStatus: 201, verification: 'verified', correlationId: `${a.id}.1`, steps: 'create:201',
+      });
+      await store.commands.transition(a.id, leased[0]!.version, { state: 'verified', leaseOwner: null, leaseExpiresAt: null });
+
+      const queue = (await store.commandStats.queue()).filter((q) => q.tenantId === tenant.id);
+      expect(queue).toEqual([
+        { tenantId: tenant.id, state: 'queued', count: 1, oldestCreatedAt: first + 1_000 },
+        { tenantId: tenant.id, state: 'verified', count: 1, oldestCreatedAt: first },
+      ]);
+      const perMinute = (await store.commandStats.verifiedPerMinute(now - 60_000)).filter((v) => v.tenantId === tenant.id);
+      expect(perMinute).toEqual([{ tenantId: tenant.id, minuteStart: Math.floor(now / 60_000) * 60_000, count: 1 }]);
+      expect((await store.commandStats.verifiedPerMinute(now + 60_000)).filter((v) => v.tenantId === tenant.id)).toEqual([]);
+      const categories = (await store.commandStats.attemptCategories(now - 1)).filter((c) => c.tenantId === tenant.id);
+      expect(categories).toEqual([{ tenantId: tenant.id, outcome: 'applied', errorCategory: null, count: 1 }]);
+    });
+  });
+
   describe('api keys', () => {
     const hash = () => randomBytes(32).toString('hex');
 

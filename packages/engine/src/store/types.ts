@@ -116,6 +116,8 @@ export interface Store {
   readonly commands: CommandRepo;
   /** API keys of the HTTP API (migration 3). */
   readonly apiKeys: ApiKeyRepo;
+  /** Read-only aggregates over commands for metrics and the console. */
+  readonly commandStats: CommandStatsRepo;
   /** Applies pending numbered migrations (idempotent; safe with several processes starting at once). */
   migrate(): Promise<void>;
   close(): Promise<void>;
@@ -155,6 +157,39 @@ export interface ApiKeyRepo {
   revoke(id: string): Promise<boolean>;
   /** Records a use (best effort, for operators). */
   touch(id: string, at: number): Promise<void>;
+}
+
+// ------------------------------------------------------------------------------------------------ command stats
+
+export interface QueueStat {
+  readonly tenantId: string;
+  readonly state: CommandState;
+  readonly count: number;
+  /** Epoch ms of the oldest command in this state. */
+  readonly oldestCreatedAt: number | null;
+}
+
+export interface VerifiedPerMinute {
+  readonly tenantId: string;
+  /** Epoch ms of the minute's start. */
+  readonly minuteStart: number;
+  readonly count: number;
+}
+
+export interface AttemptCategoryStat {
+  readonly tenantId: string;
+  readonly outcome: string;
+  readonly errorCategory: string | null;
+  readonly count: number;
+}
+
+export interface CommandStatsRepo {
+  /** Commands per tenant and state, with the oldest creation time. */
+  queue(): Promise<QueueStat[]>;
+  /** Commands that reached `verified` (by their last update) per tenant and minute since `since`. */
+  verifiedPerMinute(since: number): Promise<VerifiedPerMinute[]>;
+  /** Attempts started since `since`, per tenant, outcome and error category. */
+  attemptCategories(since: number): Promise<AttemptCategoryStat[]>;
 }
 
 // ------------------------------------------------------------------------------------------------ commands
