@@ -20,6 +20,15 @@ describe('Keyring (envelope encryption)', () => {
     expect(() => k.decrypt('t2', other, 'refresh-token:system', sealed)).toThrow(expect.objectContaining({ code: 'CRYPTO_DECRYPT_FAILED' }));
   });
 
+  it('a second data key for the same tenant id never shadows the first (a failed duplicate registration)', () => {
+    const k = new Keyring(master);
+    const first = k.newWrappedDataKey('t1');
+    const sealed = k.encrypt('t1', first, 'credentials', 'SECRET-jwk');
+    const second = k.newWrappedDataKey('t1');
+    expect(k.decrypt('t1', first, 'credentials', sealed)).toBe('SECRET-jwk');
+    expect(() => k.decrypt('t1', second, 'credentials', sealed)).toThrow(expect.objectContaining({ code: 'CRYPTO_DECRYPT_FAILED' }));
+  });
+
   it('detects tampering and refuses a wrong master key', () => {
     const k = new Keyring(master);
     const wrapped = k.newWrappedDataKey('t1');

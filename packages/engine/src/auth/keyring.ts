@@ -1,4 +1,4 @@
-import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from 'node:crypto';
 import { TetherError } from '@tether/core';
 
 /** Length of the master key and of each tenant data key (AES-256). */
@@ -61,9 +61,15 @@ function open(key: Buffer, sealed: Buffer, aad: string): Buffer {
  * binds each ciphertext to its tenant and purpose, so a ciphertext copied to another row or field fails to
  * decrypt instead of being silently accepted. Rotating the master key only rewraps data keys.
  */
+const cacheKey = (tenantId: string, wrapped: Buffer): string => `${tenantId}\u0000${wrapped.toString('base64')}`;
+
 export class Keyring {
   readonly #master: Buffer;
-  /** Unwrapped data keys, by tenant id (unwrapping is cheap but not free). */
+  /**
+   * Unwrapped data keys (unwrapping is cheap but not free), by tenant id AND wrapped bytes: a tenant id alone is
+   * not enough, since a new data key for an id (a registration that then fails because the id exists, or a
+   * tenant re-created) must never shadow the key that the stored secrets were encrypted with.
+   */
   readonly #dataKeys = new Map<string, Buffer>();
 
   constructor(masterKey: Buffer) {
@@ -74,15 +80,17 @@ export class Keyring {
   /** A new wrapped data key for a tenant. */
   newWrappedDataKey(tenantId: string): Buffer {
     const dataKey = randomBytes(KEY_BYTES);
-    this.#dataKeys.set(tenantId, dataKey);
-    return seal(this.#master, dataKey, `tether:data-key:${tenantId}`);
+    const wrapped = seal(this.#master, dataKey, `tether:data-key:${tenantId}`);
+    this.#dataKeys.set(cacheKey(tenantId, wrapped), dataKey);
+    return wrapped;
   }
 
   #dataKey(tenantId: string, wrapped: Buffer): Buffer {
-    const cached = this.#dataKeys.get(tenantId);
+    const id = cacheKey(tenantId, wrapped);
+    const cached = this.#dataKeys.get(id);
     if (cached) return cached;
     const key = open(this.#master, wrapped, `tether:data-key:${tenantId}`);
-    this.#dataKeys.set(tenantId, key);
+    this.#dataKeys.set(id, key);
     return key;
   }
 
@@ -99,6 +107,11 @@ export class Keyring {
   rewrap(tenantId: string, wrappedDataKey: Buffer, next: Keyring): Buffer {
     const dataKey = this.#dataKey(tenantId, wrappedDataKey);
     return seal(next.#master, dataKey, `tether:data-key:${tenantId}`);
+  }
+
+  /** A 32-byte key for another purpose (e.g. keyed hashes of identifiers in logs), derived with HKDF-SHA-256. */
+  deriveKey(purpose: string): Buffer {
+    return Buffer.from(hkdfSync('sha256', this.#master, Buffer.alloc(0), `tether:${purpose}`, KEY_BYTES));
   }
 
   /** Forgets cached data keys (e.g. after rotation). */

@@ -35,6 +35,22 @@ export const tenantInputSchema = z
 
 export type TenantInput = z.input<typeof tenantInputSchema>;
 
+/** Input of {@link TenantService.update}: every field optional; the id and environment never change. */
+export const tenantUpdateSchema = z
+  .object({
+    vendor: z.string().min(1).optional(),
+    fhirBaseUrl: z.string().url().optional(),
+    clientId: z.string().min(1).optional(),
+    scopes: z.string().min(1).optional(),
+    tokenEndpoint: z.string().url().nullable().optional(),
+    privateJwk: z.record(z.string(), z.unknown()).optional(),
+    clientSecret: z.string().min(1).optional(),
+    state: z.enum(['active', 'disabled']).optional(),
+  })
+  .strict();
+
+export type TenantUpdate = z.input<typeof tenantUpdateSchema>;
+
 /** A tenant as shown to operators and APIs: no secrets, only whether they are set. */
 export interface TenantView {
   readonly id: string;
@@ -101,6 +117,45 @@ export class TenantService {
 
   async list(): Promise<TenantView[]> {
     return (await this.#store.tenants.list()).map((r) => view(r, this.#credentials(r)));
+  }
+
+  /**
+   * Changes a tenant's settings. New secrets (private JWK, client secret) replace the stored ones, re-encrypted
+   * under the tenant's data key; secrets never come back. `state: 'disabled'` stops all EHR calls for the tenant;
+   * `active` re-enables it (and forgets cached tokens, like `resume`). Changing credentials, scopes or URLs also
+   * forgets cached tokens, so the next call uses the new settings.
+   */
+  async update(id: string, input: TenantUpdate): Promise<TenantView> {
+    const record = await this.#store.tenants.get(id);
+    if (!record) throw new TetherError('TENANT_NOT_FOUND', 'No tenant has that id.');
+    const parsed = tenantUpdateSchema.safeParse(input);
+    if (!parsed.success) {
+      const fields = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
+      throw new TetherError('CONFIG_INVALID', `Invalid tenant update: ${fields}`);
+    }
+    const u = parsed.data;
+    const url = u.fhirBaseUrl?.replace(/\/+$/, '');
+    if (record.environment === 'production' && url !== undefined && !url.startsWith('https://')) {
+      throw new TetherError('CONFIG_INVALID', 'Invalid tenant update: fhirBaseUrl: production tenants need an https URL');
+    }
+    let credentialsCiphertext: Buffer | null | undefined;
+    if (u.privateJwk !== undefined || u.clientSecret !== undefined) {
+      if (u.privateJwk && typeof u.privateJwk['d'] !== 'string') throw new TetherError('CONFIG_INVALID', 'Invalid tenant update: privateJwk: must be a private key (with d)');
+      const creds: TenantCredentials = { ...this.#credentials(record), ...(u.privateJwk ? { privateJwk: u.privateJwk } : {}), ...(u.clientSecret ? { clientSecret: u.clientSecret } : {}) };
+      credentialsCiphertext = this.#keyring.encrypt(record.id, record.dataKeyWrapped, 'credentials', JSON.stringify(creds));
+    }
+    const next = await this.#store.tenants.update(id, {
+      ...(u.vendor !== undefined ? { vendor: u.vendor } : {}),
+      ...(url !== undefined ? { fhirBaseUrl: url } : {}),
+      ...(u.clientId !== undefined ? { clientId: u.clientId } : {}),
+      ...(u.scopes !== undefined ? { scopes: u.scopes } : {}),
+      ...(u.tokenEndpoint !== undefined ? { tokenEndpoint: u.tokenEndpoint } : {}),
+      ...(credentialsCiphertext !== undefined ? { credentialsCiphertext } : {}),
+      ...(u.state !== undefined ? { state: u.state, stateReason: u.state === 'disabled' ? 'operator_disabled' : null } : {}),
+    });
+    if (!next) throw new TetherError('TENANT_NOT_FOUND', 'No tenant has that id.');
+    this.#broker?.forget(id);
+    return view(next, this.#credentials(next));
   }
 
   /** Operator action: a paused tenant becomes active again; cached tokens and backoff are forgotten. */

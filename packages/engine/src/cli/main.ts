@@ -1,9 +1,9 @@
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { isTetherError, TetherError } from '@tether/core';
 import { startSandbox, type SandboxClientConfig } from '@tether/sandbox';
-import { loadOrCreateDemoClient } from './demo-client.js';
+import { loadOrCreateDemoClient, loadServiceConfig, startService } from '../service/index.js';
 import { postTokenRequest, signClientAssertion } from '../auth/index.js';
 
 /** Exit codes of the `tether` CLI (documented in README and docs/cli.md). */
@@ -46,6 +46,54 @@ export function buildCli(): Command {
     .version('0.1.0')
     .showHelpAfterError()
     .exitOverride();
+
+  program
+    .command('start')
+    .description('Run the engine as a service: HTTP API, console, metrics and write-back workers on the embedded store; in development also an embedded sandbox EHR registered as tenant "demo".')
+    .option('--config <file>', 'configuration file (JSON); default TETHER_CONFIG or ./tether.config.json when present')
+    .addOption(new Option('--port <port>', 'API port (0 = any free port); default 8080').argParser(intOption('--port', 0, 65535)))
+    .option('--host <host>', 'interface to listen on; default 127.0.0.1')
+    .option('--data-dir <dir>', 'data directory; default TETHER_DATA_DIR or ./.tether')
+    .option('--production', 'production mode: refuse to start unless it is safe (see docs/operations.md)')
+    .option('--no-sandbox', 'do not run the embedded sandbox EHR')
+    .action(async (o: { config?: string; port?: number; host?: string; dataDir?: string; production?: boolean; sandbox: boolean }) => {
+      const config = loadServiceConfig({
+        ...(o.config ? { file: o.config } : {}),
+        overrides: {
+          ...(o.production ? { mode: 'production' as const } : {}),
+          ...(o.dataDir ? { dataDir: o.dataDir } : {}),
+          ...(o.port !== undefined || o.host !== undefined ? { http: { ...(o.port !== undefined ? { port: o.port } : {}), ...(o.host ? { host: o.host } : {}) } } : {}),
+          ...(o.sandbox === false ? { sandbox: { enabled: false } } : {}),
+        },
+      });
+      const service = await startService(config);
+      const keyFile = join(config.dataDir, 'admin-api-key');
+      const rel = (p: string): string => (p.startsWith(process.cwd() + '/') ? p.slice(process.cwd().length + 1) : p);
+      const lines = [
+        `Tether is running (${config.mode} mode).`,
+        `  Console and API:  ${service.url}   (API reference: ${service.url}/docs)`,
+        service.adminKeyFile
+          ? `  Admin API key:    ${rel(service.adminKeyFile)}  (created now, file mode 600; sign in to the console with it)`
+          : `  Admin API key:    ${existsSync(keyFile) ? rel(keyFile) : '(created on an earlier start)'}`,
+        `  Store:            ${config.store.kind === 'sqlite' ? `SQLite ${rel(config.store.path ?? join(config.dataDir, 'tether.db'))}` : 'PostgreSQL'}`,
+      ];
+      if (service.sandbox) {
+        lines.push(`  Demo tenant:      demo -> embedded sandbox EHR ${service.sandbox.fhirBaseUrl}`);
+        lines.push(`  Try it:           curl -s -H "Authorization: Bearer $(cat ${rel(keyFile)})" ${service.url}/v1/tenants/demo/health`);
+      }
+      lines.push('Press Ctrl+C to stop.');
+      process.stderr.write(`${lines.join('\n')}\n`);
+      await new Promise<void>((done) => {
+        const stop = (): void => {
+          process.off('SIGINT', stop);
+          process.off('SIGTERM', stop);
+          service.close().then(done, done);
+        };
+        process.on('SIGINT', stop);
+        process.on('SIGTERM', stop);
+      });
+      process.stderr.write('Tether stopped.\n');
+    });
 
   program
     .command('sandbox')

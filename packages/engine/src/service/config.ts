@@ -60,9 +60,13 @@ export const serviceConfigSchema = z
         leaseMs: z.number().int().min(1_000).default(30_000),
         pollIntervalMs: z.number().int().min(10).default(200),
         verifyWindowMs: z.number().int().min(0).default(5_000),
+        /** Attempts per command before it goes to the exception queue. */
+        maxAttempts: z.number().int().min(1).max(1_000).default(8),
+        backoffBaseMs: z.number().int().min(1).default(1_000),
+        backoffMaxMs: z.number().int().min(1).default(300_000),
       })
       .strict()
-      .default({ enabled: true, concurrency: 8, leaseMs: 30_000, pollIntervalMs: 200, verifyWindowMs: 5_000 }),
+      .default({ enabled: true, concurrency: 8, leaseMs: 30_000, pollIntervalMs: 200, verifyWindowMs: 5_000, maxAttempts: 8, backoffBaseMs: 1_000, backoffMaxMs: 300_000 }),
     log: z
       .object({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
       .strict()

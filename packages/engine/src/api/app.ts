@@ -1,0 +1,507 @@
+/**
+ * The HTTP API (fastify 5): tenants, commands, exceptions, API keys, stats, health, metrics, and the OpenAPI
+ * document with its UI at /docs. Errors are FHIR OperationOutcome (`application/fhir+json`); request bodies are
+ * size-limited; every route declares who may call it (see access.ts) and checks the key's tenant scope.
+ *
+ * Input is validated with the same zod schemas the library uses (`commandInputSchema`, `tenantInputSchema`), so
+ * the API and `submitCommand` can never disagree; the OpenAPI document is generated from those schemas.
+ */
+import { randomUUID } from 'node:crypto';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest, type RouteOptions } from 'fastify';
+import swagger from '@fastify/swagger';
+import swaggerUi from '@fastify/swagger-ui';
+import { z } from 'zod';
+import { isTetherError, operationOutcomeFromError, TetherError } from '@tether/core';
+import { tenantInputSchema, tenantUpdateSchema, type TenantService } from '../auth/index.js';
+import type { EhrClient } from '../client/index.js';
+import type { IdentifierTokenizer, Logger, ServiceMetrics } from '../observability/index.js';
+import type { ApiRole, CommandRecord, CommandState, Store } from '../store/index.js';
+import { COMMAND_STATE_VALUES } from '../store/index.js';
+import { commandInputSchema, submitCommand, type ExceptionQueue } from '../writeback/index.js';
+import { ADMIN, ANY_ROLE, API_ROLES, assertRole, authenticate, Caller, createApiKey, OPERATE, SUBMIT, type RouteAccess } from './access.js';
+
+/** What the API needs from the running service. */
+export interface ApiDeps {
+  readonly store: Store;
+  readonly tenants: TenantService;
+  readonly exceptions: ExceptionQueue;
+  readonly client: EhrClient;
+  readonly metrics: ServiceMetrics;
+  readonly logger: Logger;
+  readonly tokenizer: IdentifierTokenizer;
+  readonly bodyLimitBytes: number;
+  readonly metricsRequireAuth: boolean;
+  /** Readiness: the store answers, workers run, not draining. */
+  readonly readiness: () => Promise<{ ready: boolean; checks: Record<string, string> }>;
+  /** Called after a command was accepted (wakes the local workers). */
+  readonly onSubmitted?: (commandId: string) => void;
+  /** Extra routes (audit, console), registered with the same access rules. */
+  readonly plugins?: readonly ((app: FastifyInstance, helpers: ApiHelpers) => Promise<void> | void)[];
+  readonly version?: string;
+}
+
+/** What extra route modules get. */
+export interface ApiHelpers {
+  /** The authenticated caller of a request (routes that are not public only). */
+  caller(request: FastifyRequest): Caller;
+  /** Parses with zod; throws REQUEST_INVALID naming the field. */
+  parse<S extends z.ZodType>(schema: S, value: unknown, where: string): z.output<S>;
+  jsonSchema(schema: z.ZodType): Record<string, unknown>;
+}
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    access?: RouteAccess;
+  }
+  interface FastifyRequest {
+    tetherCaller?: Caller;
+  }
+  interface FastifyInstance {
+    /** Every route with its declared access (the access test enumerates them). */
+    tetherRoutes: { method: string; url: string; access: RouteAccess }[];
+  }
+}
+
+const FHIR_JSON = 'application/fhir+json; charset=utf-8';
+
+function parse<S extends z.ZodType>(schema: S, value: unknown, where: string): z.output<S> {
+  const result = schema.safeParse(value);
+  if (!result.success) {
+    const issue = result.error.issues[0];
+    // Path and rule only, never the value (it may be PHI).
+    throw new TetherError('REQUEST_INVALID', `Invalid ${where}: '${issue?.path.join('.') ?? ''}' ${issue?.message ?? ''}`.trim());
+  }
+  return result.data;
+}
+
+const jsonSchema = (schema: z.ZodType): Record<string, unknown> => {
+  const { $schema: _ignored, ...rest } = z.toJSONSchema(schema, { unrepresentable: 'any', io: 'input' }) as Record<string, unknown>;
+  return rest;
+};
+
+const caller = (request: FastifyRequest): Caller => {
+  if (!request.tetherCaller) throw new TetherError('API_UNAUTHENTICATED');
+  return request.tetherCaller;
+};
+
+/** The API's view of a command: the resource and business key only for roles that see PHI. */
+export function commandView(command: CommandRecord, who: Caller, tokenizer: IdentifierTokenizer): Record<string, unknown> {
+  const { resource, businessKey, idempotencyKey, payloadHash: _hash, ...rest } = command;
+  return {
+    ...rest,
+    businessKey: who.seesPhi ? businessKey : tokenizer.token(businessKey),
+    idempotencyKey: who.seesPhi ? idempotencyKey : idempotencyKey === null ? null : tokenizer.token(idempotencyKey),
+    resource: who.seesPhi ? resource : { resourceType: command.resourceType, masked: true },
+  };
+}
+
+// ------------------------------------------------------------------------------------------------ schemas
+
+const apiCommandSchema = commandInputSchema.omit({ idempotencyKey: true, requestedBy: true }).extend({
+  /** Who asked (a user or system id of the caller's, no PHI). Default: the API key id. */
+  requestedBy: z.string().min(1).max(255).optional(),
+});
+
+const idParams = z.object({ id: z.string().min(1).max(128) }).strict();
+const states = z.enum(COMMAND_STATE_VALUES as unknown as [CommandState, ...CommandState[]]);
+const listQuery = z
+  .object({
+    tenant: z.string().min(1).max(255).optional(),
+    state: z.union([states, z.string().regex(/^[a-z_]+(,[a-z_]+)*$/)]).optional(),
+    limit: z.coerce.number().int().min(1).max(1_000).default(100),
+  })
+  .strict();
+const operatorActionBody = z.object({ reason: z.string().min(1).max(2_000) }).strict();
+const newKeyBody = z
+  .object({
+    name: z.string().min(1).max(200),
+    role: z.enum(API_ROLES as unknown as [ApiRole, ...ApiRole[]]),
+    tenants: z.array(z.string().min(1).max(255)).max(1_000).nullable().default(null),
+  })
+  .strict();
+const tenantPatchSchema = tenantUpdateSchema;
+
+function parseStates(state: string | undefined): CommandState[] | undefined {
+  if (state === undefined) return undefined;
+  return state.split(',').map((s) => parse(states, s, 'query parameter state'));
+}
+
+// ------------------------------------------------------------------------------------------------ app
+
+export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
+  const app: FastifyInstance = Fastify({
+    loggerInstance: deps.logger as unknown as FastifyBaseLogger,
+    // Our own onResponse line replaces fastify's (which would log the raw URL).
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: deps.bodyLimitBytes,
+    genReqId: (req) => {
+      const given = req.headers['x-request-id'];
+      return typeof given === 'string' && /^[A-Za-z0-9._:-]{1,128}$/.test(given) ? given : randomUUID();
+    },
+    // Query strings are parsed by fastify; arrays and nested objects are not part of this API.
+    routerOptions: { ignoreTrailingSlash: true },
+  });
+  const helpers: ApiHelpers = { caller, parse, jsonSchema };
+
+  // The API validates with zod in the handlers; the route schemas exist for the OpenAPI document only.
+  app.setValidatorCompiler(() => () => true);
+  app.setSerializerCompiler(() => (data) => JSON.stringify(data));
+
+  app.addContentTypeParser(['application/fhir+json'], { parseAs: 'string' }, (req, body, done) => {
+    app.getDefaultJsonParser('error', 'error')(req, body as string, done);
+  });
+
+  // Every route must say who may call it; swagger-ui's own routes are the public documentation.
+  const registered: { method: string; url: string; access: RouteAccess }[] = [];
+  app.decorate('tetherRoutes', registered);
+  app.addHook('onRoute', (route: RouteOptions) => {
+    if (route.url.startsWith('/docs')) route.config = { ...(route.config ?? {}), access: { public: true } };
+    const access = route.config?.access;
+    if (!access) throw new Error(`route ${String(route.method)} ${route.url} declares no access`);
+    for (const method of [route.method].flat()) if (method !== 'HEAD') registered.push({ method, url: route.url, access });
+  });
+
+  app.addHook('onRequest', async (request, reply) => {
+    reply.header('x-request-id', request.id);
+    const access = request.routeOptions.config.access;
+    if (!access || 'public' in access) return;
+    const who = await authenticate(deps.store, request.headers.authorization);
+    assertRole(who, access.roles);
+    request.tetherCaller = who;
+  });
+
+  app.addHook('onResponse', async (request, reply) => {
+    const route = request.routeOptions.url ?? 'unmatched';
+    deps.metrics.apiRequests.inc({ route, method: request.method, status: String(reply.statusCode) });
+    request.log.info(
+      { reqId: request.id, method: request.method, route, status: reply.statusCode, ms: Math.round(reply.elapsedTime), actor: request.tetherCaller?.actor },
+      'api request',
+    );
+  });
+
+  app.setErrorHandler((error, request, reply) => {
+    let err: unknown = error;
+    const code = (error as { code?: string }).code;
+    if (!isTetherError(error)) {
+      if (code === 'FST_ERR_CTP_BODY_TOO_LARGE') err = new TetherError('REQUEST_TOO_LARGE');
+      else if (code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') err = new TetherError('UNSUPPORTED_MEDIA_TYPE');
+      else if (code === 'FST_ERR_CTP_EMPTY_JSON_BODY') err = new TetherError('REQUEST_INVALID', 'The request body is empty.');
+      else if (code === 'FST_ERR_CTP_INVALID_JSON_BODY' || error instanceof SyntaxError) err = new TetherError('REQUEST_INVALID', 'The request body is not valid JSON.');
+      else if (typeof (error as { statusCode?: number }).statusCode === 'number' && (error as { statusCode: number }).statusCode < 500) {
+        err = new TetherError('REQUEST_INVALID', 'The request is malformed.');
+      }
+    }
+    const { status, body } = operationOutcomeFromError(err);
+    if (status >= 500) request.log.error({ reqId: request.id, code: isTetherError(err) ? err.code : 'INTERNAL', errName: (error as Error).name }, 'api error');
+    if (isTetherError(err) && err.code === 'API_UNAUTHENTICATED') reply.header('www-authenticate', 'Bearer realm="tether"');
+    void reply.status(status).type(FHIR_JSON).send(body);
+  });
+
+  app.setNotFoundHandler((request, reply) => {
+    const { status, body } = operationOutcomeFromError(new TetherError('API_NOT_FOUND', `No route ${request.method} ${request.url.split('?')[0] ?? ''}.`));
+    void reply.status(status).type(FHIR_JSON).send(body);
+  });
+
+  await app.register(swagger, {
+    openapi: {
+      info: {
+        title: 'Tether API',
+        version: deps.version ?? '0.1.0',
+        description: 'Durable write-back to EHRs: submit commands, follow them to verified, operate the exception queue. Errors are FHIR OperationOutcome.',
+      },
+      components: { securitySchemes: { apiKey: { type: 'http', scheme: 'bearer', description: 'Authorization: Bearer <API key>' } } },
+      security: [{ apiKey: [] }],
+    },
+  });
+  await app.register(swaggerUi, { routePrefix: '/docs' });
+
+  const r = <P = unknown, Q = unknown, B = unknown>(
+    method: 'GET' | 'POST' | 'PATCH' | 'DELETE',
+    url: string,
+    access: RouteAccess,
+    doc: { summary: string; tags: string[]; body?: z.ZodType; querystring?: z.ZodType; status?: number },
+    handler: (request: FastifyRequest<{ Params: P; Querystring: Q; Body: B }>, reply: FastifyReply) => Promise<unknown>,
+  ): void => {
+    app.route({
+      method,
+      url,
+      config: { access },
+      schema: {
+        summary: doc.summary,
+        tags: doc.tags,
+        ...('public' in access ? { security: [] } : { description: `Roles: ${access.roles.join(', ')}.` }),
+        ...(doc.body ? { body: jsonSchema(doc.body) } : {}),
+        ...(doc.querystring ? { querystring: jsonSchema(doc.querystring) } : {}),
+      },
+      handler: handler as (request: FastifyRequest, reply: FastifyReply) => Promise<unknown>,
+    });
+  };
+
+  // ---------------------------------------------------------------------------------------------- health
+  r('GET', '/healthz', { public: true }, { summary: 'Liveness: the process answers.', tags: ['health'] }, async () => ({ status: 'ok' }));
+  r('GET', '/readyz', { public: true }, { summary: 'Readiness: store reachable, workers running, not draining.', tags: ['health'] }, async (_req, reply) => {
+    const result = await deps.readiness();
+    void reply.status(result.ready ? 200 : 503);
+    return { status: result.ready ? 'ready' : 'not_ready', checks: result.checks };
+  });
+  r('GET', '/metrics', deps.metricsRequireAuth ? { roles: ANY_ROLE } : { public: true }, { summary: 'Prometheus metrics.', tags: ['health'] }, async (_req, reply) => {
+    await deps.metrics.collect(deps.store);
+    void reply.type(deps.metrics.registry.contentType);
+    return deps.metrics.registry.metrics();
+  });
+
+  // ---------------------------------------------------------------------------------------------- me
+  r('GET', '/v1/me', { roles: ANY_ROLE }, { summary: 'The calling API key: id, name, role, tenant scope.', tags: ['keys'] }, async (request) => {
+    const { keyHash: _h, ...key } = caller(request).key;
+    return key;
+  });
+
+  // ---------------------------------------------------------------------------------------------- commands
+  r<unknown, unknown, unknown>(
+    'POST',
+    '/v1/commands',
+    { roles: SUBMIT },
+    { summary: 'Submit a command. 202 once it is durable (state queued). Idempotency-Key header: same key and payload return the original; another payload 422; still being accepted 409.', tags: ['commands'], body: apiCommandSchema, status: 202 },
+    async (request, reply) => {
+      const who = caller(request);
+      const body = parse(apiCommandSchema, request.body, 'command');
+      who.assertTenant(body.tenantId);
+      const header = request.headers['idempotency-key'];
+      if (header !== undefined && (typeof header !== 'string' || header.length === 0 || header.length > 255)) {
+        throw new TetherError('REQUEST_INVALID', 'The Idempotency-Key header must be 1-255 characters.');
+      }
+      const result = await submitCommand(deps.store, {
+        ...body,
+        requestedBy: body.requestedBy ?? `apikey:${who.actor}`,
+        ...(header ? { idempotencyKey: header } : {}),
+      });
+      deps.metrics.commandsSubmitted.inc({ tenant: body.tenantId, resource: body.resourceType, result: result.created ? 'created' : 'replay' });
+      if (result.created) deps.onSubmitted?.(result.id);
+      request.log.info({ reqId: request.id, commandId: result.id, tenant: body.tenantId, created: result.created }, 'command accepted');
+      void reply
+        .status(202)
+        .header('location', `/v1/commands/${result.id}`)
+        .header('x-correlation-id', result.id);
+      if (!result.created) void reply.header('idempotent-replayed', 'true');
+      return { id: result.id, state: result.state, created: result.created, generation: result.generation, saved: 'queued: durable, not yet in the EHR' };
+    },
+  );
+
+  r<unknown, { tenant?: string; state?: string; limit?: number }>(
+    'GET',
+    '/v1/commands',
+    { roles: ANY_ROLE },
+    { summary: 'List commands (oldest first), by tenant and states (comma separated).', tags: ['commands'], querystring: listQuery },
+    async (request) => {
+      const who = caller(request);
+      const q = parse(listQuery, request.query, 'query');
+      if (q.tenant) who.assertTenant(q.tenant);
+      const statesFilter = parseStates(q.state);
+      const tenants = q.tenant ? [q.tenant] : who.key.tenants;
+      const lists = tenants === null
+        ? [await deps.store.commands.list({ ...(statesFilter ? { states: statesFilter } : {}), limit: q.limit })]
+        : await Promise.all(tenants.map((tenantId) => deps.store.commands.list({ tenantId, ...(statesFilter ? { states: statesFilter } : {}), limit: q.limit })));
+      const commands = lists.flat().sort((a, b) => a.createdAt - b.createdAt).slice(0, q.limit);
+      return { commands: commands.map((c) => commandView(c, who, deps.tokenizer)) };
+    },
+  );
+
+  r<{ id: string }>('GET', '/v1/commands/:id', { roles: ANY_ROLE }, { summary: 'A command: state, timeline of attempts, events.', tags: ['commands'] }, async (request) => {
+    const who = caller(request);
+    const { id } = parse(idParams, request.params, 'path');
+    const command = await deps.store.commands.get(id);
+    if (!command || !who.allowsTenant(command.tenantId)) throw new TetherError('COMMAND_NOT_FOUND');
+    const [attempts, events] = await Promise.all([deps.store.commands.attempts(id), deps.store.commands.events(id)]);
+    return {
+      command: commandView(command, who, deps.tokenizer),
+      attempts,
+      events: events.map((e) => (who.seesPhi || !e.kind.startsWith('operator:') ? e : { ...e, reason: e.reason === null ? null : '(hidden)' })),
+    };
+  });
+
+  r<{ id: string }, unknown, unknown>(
+    'POST',
+    '/v1/commands/:id/cancel',
+    { roles: OPERATE },
+    { summary: 'Cancel a command that is waiting or in the exception queue.', tags: ['commands'], body: operatorActionBody },
+    async (request) => {
+      const who = caller(request);
+      const { id } = parse(idParams, request.params, 'path');
+      await assertCommandTenant(id, who);
+      const body = parse(operatorActionBody, request.body, 'body');
+      const next = await deps.exceptions.cancel(id, { actor: who.actor, reason: body.reason });
+      return { command: commandView(next, who, deps.tokenizer) };
+    },
+  );
+
+  async function assertCommandTenant(id: string, who: Caller): Promise<CommandRecord> {
+    const command = await deps.store.commands.get(id);
+    if (!command || !who.allowsTenant(command.tenantId)) throw new TetherError('COMMAND_NOT_FOUND');
+    return command;
+  }
+
+  // ---------------------------------------------------------------------------------------------- exceptions
+  r<unknown, { tenant?: string; limit?: number }>(
+    'GET',
+    '/v1/exceptions',
+    { roles: ANY_ROLE },
+    { summary: 'The exception queue: commands in needs_review, oldest first.', tags: ['exceptions'], querystring: listQuery },
+    async (request) => {
+      const who = caller(request);
+      const q = parse(listQuery.omit({ state: true }), request.query, 'query');
+      if (q.tenant) who.assertTenant(q.tenant);
+      const tenants = q.tenant ? [q.tenant] : who.key.tenants;
+      const lists = tenants === null ? [await deps.exceptions.list({ limit: q.limit })] : await Promise.all(tenants.map((tenantId) => deps.exceptions.list({ tenantId, limit: q.limit })));
+      return { exceptions: lists.flat().sort((a, b) => a.createdAt - b.createdAt).slice(0, q.limit).map((c) => commandView(c, who, deps.tokenizer)) };
+    },
+  );
+
+  r<{ id: string }>('GET', '/v1/exceptions/:id', { roles: ANY_ROLE }, { summary: "One exception with its full context and the EHR's current state.", tags: ['exceptions'] }, async (request) => {
+    const who = caller(request);
+    const { id } = parse(idParams, request.params, 'path');
+    await assertCommandTenant(id, who);
+    const detail = await deps.exceptions.show(id);
+    return {
+      ...detail,
+      command: commandView(detail.command, who, deps.tokenizer),
+      events: detail.events.map((e) => (who.seesPhi || !e.kind.startsWith('operator:') ? e : { ...e, reason: e.reason === null ? null : '(hidden)' })),
+    };
+  });
+
+  for (const action of ['retry', 'resolve', 'cancel'] as const) {
+    r<{ id: string }, unknown, unknown>(
+      'POST',
+      `/v1/exceptions/:id/${action}`,
+      { roles: OPERATE },
+      {
+        summary: { retry: 'Retry: back to queued with a fresh budget (the next attempt reconciles first).', resolve: 'Resolve: the EHR has it; mark verified.', cancel: 'Cancel: drop the intent.' }[action],
+        tags: ['exceptions'],
+        body: operatorActionBody,
+      },
+      async (request) => {
+        const who = caller(request);
+        const { id } = parse(idParams, request.params, 'path');
+        await assertCommandTenant(id, who);
+        const body = parse(operatorActionBody, request.body, 'body');
+        const next = await deps.exceptions[action](id, { actor: who.actor, reason: body.reason });
+        if (action === 'retry') deps.onSubmitted?.(id);
+        return { command: commandView(next, who, deps.tokenizer) };
+      },
+    );
+  }
+
+  // ---------------------------------------------------------------------------------------------- tenants
+  r('GET', '/v1/tenants', { roles: ANY_ROLE }, { summary: 'Tenants the key may see (secrets are never returned).', tags: ['tenants'] }, async (request) => {
+    const who = caller(request);
+    return { tenants: (await deps.tenants.list()).filter((t) => who.allowsTenant(t.id)) };
+  });
+
+  r<unknown, unknown, unknown>('POST', '/v1/tenants', { roles: ADMIN }, { summary: 'Register a tenant (secrets are encrypted and write-only).', tags: ['tenants'], body: tenantInputSchema }, async (request, reply) => {
+    const who = caller(request);
+    const body = request.body as { id?: unknown } | undefined;
+    if (typeof body?.id === 'string') who.assertTenant(body.id);
+    const tenant = await deps.tenants.register(body as never);
+    void reply.status(201).header('location', `/v1/tenants/${tenant.id}`);
+    return tenant;
+  });
+
+  r<{ id: string }>('GET', '/v1/tenants/:id', { roles: ANY_ROLE }, { summary: 'One tenant.', tags: ['tenants'] }, async (request) => {
+    const who = caller(request);
+    const { id } = parse(idParams, request.params, 'path');
+    who.assertTenant(id);
+    return deps.tenants.get(id);
+  });
+
+  r<{ id: string }, unknown, unknown>('PATCH', '/v1/tenants/:id', { roles: ADMIN }, { summary: 'Update a tenant (secrets write-only).', tags: ['tenants'], body: tenantPatchSchema }, async (request) => {
+    const who = caller(request);
+    const { id } = parse(idParams, request.params, 'path');
+    who.assertTenant(id);
+    const patch = parse(tenantPatchSchema, request.body, 'tenant patch');
+    return deps.tenants.update(id, patch);
+  });
+
+  r<{ id: string }, unknown, unknown>('POST', '/v1/tenants/:id/resume', { roles: OPERATE }, { summary: 'Resume a paused tenant after fixing its credentials.', tags: ['tenants'] }, async (request) => {
+    const who = caller(request);
+    const { id } = parse(idParams, request.params, 'path');
+    who.assertTenant(id);
+    return deps.tenants.resume(id);
+  });
+
+  r<{ id: string }>('GET', '/v1/tenants/:id/health', { roles: ANY_ROLE }, { summary: 'Tenant health: auth state, granted scopes, breaker, recent rate limiting, queue depth and oldest age.', tags: ['tenants'] }, async (request) => {
+    const who = caller(request);
+    const { id } = parse(idParams, request.params, 'path');
+    who.assertTenant(id);
+    const tenant = await deps.tenants.get(id);
+    const now = Date.now();
+    const [token, queue, categories] = await Promise.all([
+      deps.store.tokens.get(id, 'system'),
+      deps.store.commandStats.queue(),
+      deps.store.commandStats.attemptCategories(now - 15 * 60_000),
+    ]);
+    const mine = queue.filter((q) => q.tenantId === id);
+    const open = mine.filter((q) => ['queued', 'retry_wait', 'in_flight', 'unknown', 'acknowledged', 'conflict'].includes(q.state) && q.oldestCreatedAt !== null);
+    const oldest = open.length > 0 ? Math.min(...open.map((q) => q.oldestCreatedAt as number)) : null;
+    const recent = categories.filter((c) => c.tenantId === id);
+    return {
+      tenant: tenant.id,
+      vendor: tenant.vendor,
+      auth: {
+        state: tenant.state,
+        stateReason: tenant.stateReason,
+        grantedScopes: token?.scope ?? null,
+        requestedScopes: tenant.scopes,
+        accessTokenExpiresAt: token?.accessExpiresAt ?? null,
+      },
+      breaker: deps.client.circuitState(tenant.id, tenant.fhirBaseUrl),
+      rateLimit: { rateLimitedAttemptsLast15m: recent.filter((c) => c.outcome === 'rate_limited').reduce((n, c) => n + c.count, 0) },
+      queue: {
+        byState: Object.fromEntries(mine.map((q) => [q.state, q.count])),
+        oldestOpenAgeSeconds: oldest === null ? null : Math.round((now - oldest) / 1000),
+        exceptions: mine.find((q) => q.state === 'needs_review')?.count ?? 0,
+      },
+      attemptsLast15m: recent.map(({ outcome, errorCategory, count }) => ({ outcome, errorCategory, count })),
+    };
+  });
+
+  // ---------------------------------------------------------------------------------------------- stats
+  r('GET', '/v1/stats', { roles: ANY_ROLE }, { summary: 'Overview for dashboards: queue per tenant and state, verified per minute (30 min), attempts by category (15 min).', tags: ['stats'] }, async (request) => {
+    const who = caller(request);
+    const now = Date.now();
+    const [queue, verified, categories, tenants] = await Promise.all([
+      deps.store.commandStats.queue(),
+      deps.store.commandStats.verifiedPerMinute(now - 30 * 60_000),
+      deps.store.commandStats.attemptCategories(now - 15 * 60_000),
+      deps.store.tenants.list(),
+    ]);
+    const visible = (t: { tenantId: string }) => who.allowsTenant(t.tenantId);
+    return {
+      now,
+      tenants: tenants.filter((t) => who.allowsTenant(t.id)).map((t) => ({ id: t.id, vendor: t.vendor, state: t.state, breaker: deps.client.circuitState(t.id, t.fhirBaseUrl) })),
+      queue: queue.filter(visible),
+      verifiedPerMinute: verified.filter(visible),
+      attempts: categories.filter(visible),
+    };
+  });
+
+  // ---------------------------------------------------------------------------------------------- api keys
+  r('GET', '/v1/api-keys', { roles: ADMIN }, { summary: 'API keys (hashes and secrets are never returned).', tags: ['keys'] }, async () => ({
+    keys: (await deps.store.apiKeys.list()).map(({ keyHash: _h, ...k }) => k),
+  }));
+  r<unknown, unknown, unknown>('POST', '/v1/api-keys', { roles: ADMIN }, { summary: 'Create an API key; the key is in this response only.', tags: ['keys'], body: newKeyBody }, async (request, reply) => {
+    const who = caller(request);
+    const body = parse(newKeyBody, request.body, 'API key');
+    const { record, key } = await createApiKey(deps.store, { ...body, createdBy: who.actor });
+    const { keyHash: _h, ...view } = record;
+    void reply.status(201);
+    return { ...view, key };
+  });
+  r<{ id: string }>('DELETE', '/v1/api-keys/:id', { roles: ADMIN }, { summary: 'Revoke an API key.', tags: ['keys'] }, async (request, reply) => {
+    const { id } = parse(idParams, request.params, 'path');
+    if (!(await deps.store.apiKeys.revoke(id))) throw new TetherError('API_NOT_FOUND', 'No active API key has that id.');
+    void reply.status(204);
+    return null;
+  });
+
+  for (const plugin of deps.plugins ?? []) await plugin(app, helpers);
+  return app;
+}
