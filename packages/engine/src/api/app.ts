@@ -33,6 +33,8 @@ export interface ApiDeps {
   readonly metricsRequireAuth: boolean;
   /** Readiness: the store answers, workers run, not draining. */
   readonly readiness: () => Promise<{ ready: boolean; checks: Record<string, string> }>;
+  /** Tenant diagnostics (`tether tenants doctor`): discovery, token, scopes, capabilities, verdicts. */
+  readonly doctor?: (tenantId: string) => Promise<unknown>;
   /** Called after a command was accepted (wakes the local workers). */
   readonly onSubmitted?: (commandId: string) => void;
   /** Extra routes (audit, console), registered with the same access rules. */
@@ -462,6 +464,21 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
       attemptsLast15m: recent.map(({ outcome, errorCategory, count }) => ({ outcome, errorCategory, count })),
     };
   });
+
+  r<{ id: string }, unknown, unknown>(
+    'POST',
+    '/v1/tenants/:id/doctor',
+    { roles: OPERATE },
+    { summary: 'Diagnose a tenant: SMART discovery, a token, granted scopes, the CapabilityStatement, and what will and will not work per resource type and action.', tags: ['tenants'] },
+    async (request) => {
+      const who = caller(request);
+      const { id } = parse(idParams, request.params, 'path');
+      who.assertTenant(id);
+      if (!deps.doctor) throw new TetherError('SERVICE_UNAVAILABLE', 'Diagnostics are not available in this process.');
+      await deps.tenants.get(id);
+      return deps.doctor(id);
+    },
+  );
 
   // ---------------------------------------------------------------------------------------------- stats
   r('GET', '/v1/stats', { roles: ANY_ROLE }, { summary: 'Overview for dashboards: queue per tenant and state, verified per minute (30 min), attempts by category (15 min).', tags: ['stats'] }, async (request) => {

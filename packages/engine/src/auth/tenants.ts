@@ -155,6 +155,8 @@ export class TenantService {
     });
     if (!next) throw new TetherError('TENANT_NOT_FOUND', 'No tenant has that id.');
     this.#broker?.forget(id);
+    const authChanged = ['fhirBaseUrl', 'clientId', 'scopes', 'tokenEndpoint', 'privateJwk', 'clientSecret'].some((k) => (u as Record<string, unknown>)[k] !== undefined);
+    if (authChanged) await this.#dropSystemAccessToken(id);
     return view(next, this.#credentials(next));
   }
 
@@ -165,6 +167,26 @@ export class TenantService {
     this.#broker?.forget(id);
     this.#broker?.events.emit('tenant:resumed', { tenantId: id });
     return view(record, this.#credentials(record));
+  }
+
+  /**
+   * After a change of credentials, scopes or endpoints, the stored system access token (granted under the old
+   * settings) must not be used again: it is cleared with compare-and-swap, so the next call requests a new one.
+   * User contexts (provider/patient) keep their grants: they were authorised by a person, not by these settings.
+   */
+  async #dropSystemAccessToken(tenantId: string): Promise<void> {
+    for (let tries = 0; tries < 5; tries++) {
+      const row = await this.#store.tokens.get(tenantId, 'system');
+      if (!row || row.accessTokenCiphertext === null) return;
+      const cleared = await this.#store.tokens.compareAndSet(tenantId, 'system', row.version, {
+        accessTokenCiphertext: null,
+        accessExpiresAt: null,
+        accessIssuedAt: null,
+        refreshTokenCiphertext: row.refreshTokenCiphertext,
+        scope: null,
+      });
+      if (cleared) return;
+    }
   }
 
   #credentials(record: TenantRecord): TenantCredentials {

@@ -5,6 +5,7 @@ import { isTetherError, TetherError } from '@tether/core';
 import { startSandbox, type SandboxClientConfig } from '@tether/sandbox';
 import { loadOrCreateDemoClient, loadServiceConfig, startService } from '../service/index.js';
 import { postTokenRequest, signClientAssertion } from '../auth/index.js';
+import { registerRemoteCommands } from './remote.js';
 
 /** Exit codes of the `tether` CLI (documented in README and docs/cli.md). */
 export const ExitCode = { Ok: 0, Failure: 1, Usage: 2 } as const;
@@ -202,6 +203,7 @@ export function buildCli(): Command {
       }
     });
 
+  registerRemoteCommands(program);
   return program;
 }
 

@@ -11,3 +11,4 @@ export {
   type LoadConfigOptions,
 } from './config.js';
 export { loadOrCreateDemoClient, DEMO_CLIENT_ID, DEMO_CLIENT_SCOPE, type DemoClientFile } from './demo-client.js';
+export { runDoctor, type DoctorReport, type DoctorCheck, type WorkflowVerdict } from './doctor.js';

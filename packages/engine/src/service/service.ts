@@ -16,6 +16,7 @@ import { createLogger, IdentifierTokenizer, ServiceMetrics } from '../observabil
 import { createStore, type Store } from '../store/index.js';
 import { ExceptionQueue, WritebackWorker } from '../writeback/index.js';
 import { assertProductionTenants, type ServiceConfig } from './config.js';
+import { runDoctor } from './doctor.js';
 
 /** The tenant id of the embedded sandbox EHR. */
 export const DEMO_TENANT_ID = 'demo';
@@ -196,6 +197,7 @@ export async function startService(config: ServiceConfig, seams: ServiceSeams = 
       tokenizer,
       bodyLimitBytes: config.http.bodyLimitBytes,
       metricsRequireAuth: config.api.metricsRequireAuth,
+      doctor: (tenantId) => runDoctor({ store, broker, client }, tenantId),
       readiness: async () => {
         const checks: Record<string, string> = {};
         try {
