@@ -9,6 +9,7 @@
 import { randomUUID } from 'node:crypto';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest, type RouteOptions } from 'fastify';
 import swagger from '@fastify/swagger';
+import { SpanStatusCode, trace, type Span } from '@opentelemetry/api';
 import swaggerUi from '@fastify/swagger-ui';
 import { z } from 'zod';
 import { isTetherError, operationOutcomeFromError, TetherError } from '@tether/core';
@@ -57,6 +58,7 @@ declare module 'fastify' {
   }
   interface FastifyRequest {
     tetherCaller?: Caller;
+    tetherSpan?: Span;
   }
   interface FastifyInstance {
     /** Every route with its declared access (the access test enumerates them). */
@@ -163,7 +165,13 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     for (const method of [route.method].flat()) if (method !== 'HEAD') registered.push({ method, url: route.url, access });
   });
 
+  // One OpenTelemetry span per request (a no-op until the host registers an SDK). Attributes never hold PHI.
+  const tracer = trace.getTracer('tether');
   app.addHook('onRequest', async (request, reply) => {
+    const route = request.routeOptions.url ?? 'unmatched';
+    request.tetherSpan = tracer.startSpan(`tether.api ${request.method} ${route}`, {
+      attributes: { 'http.request.method': request.method, 'http.route': route, 'tether.request_id': request.id },
+    });
     reply.header('x-request-id', request.id);
     const access = request.routeOptions.config.access;
     if (!access || 'public' in access) return;
@@ -174,6 +182,13 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
 
   app.addHook('onResponse', async (request, reply) => {
     const route = request.routeOptions.url ?? 'unmatched';
+    const span = request.tetherSpan;
+    if (span) {
+      span.setAttribute('http.response.status_code', reply.statusCode);
+      if (request.tetherCaller) span.setAttribute('tether.actor', request.tetherCaller.actor);
+      if (reply.statusCode >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
+      span.end();
+    }
     deps.metrics.apiRequests.inc({ route, method: request.method, status: String(reply.statusCode) });
     request.log.info(
       { reqId: request.id, method: request.method, route, status: reply.statusCode, ms: Math.round(reply.elapsedTime), actor: request.tetherCaller?.actor },
@@ -280,6 +295,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
       deps.metrics.commandsSubmitted.inc({ tenant: body.tenantId, resource: body.resourceType, result: result.created ? 'created' : 'replay' });
       if (result.created) deps.onSubmitted?.(result.id);
       request.log.info({ reqId: request.id, commandId: result.id, tenant: body.tenantId, created: result.created }, 'command accepted');
+      request.tetherSpan?.setAttributes({ 'tether.command_id': result.id, 'tether.tenant': body.tenantId });
       void reply
         .status(202)
         .header('location', `/v1/commands/${result.id}`)

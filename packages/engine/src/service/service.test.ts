@@ -2,7 +2,7 @@
  * The service end to end: the real API on a socket, the embedded SQLite store, workers, and the embedded sandbox
  * EHR (tenant `demo`) with its OAuth server and fault injection.
  */
-import { statSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { canaryObservation, startTestService, type TestService } from './__fixtures__/service.js';
@@ -152,6 +152,14 @@ describe('tenant health, stats and metrics', () => {
     expect(text).toMatch(/tether_time_to_verified_seconds_count\{tenant="demo",vendor="generic"\} \d+/);
     expect(text).toContain('tether_tenant_auth_paused{tenant="demo"} 0');
     expect(text).not.toContain(CANARY);
+  });
+
+  it('the example alert rules (docs/alerts.yml) use only metrics the service exports', async () => {
+    const text = String((await t.api('GET', '/metrics')).body);
+    const rules = readFileSync(new URL('../../../../docs/alerts.yml', import.meta.url), 'utf8');
+    const used = [...new Set(rules.match(/tether_[a-z_]+/g) ?? [])];
+    expect(used.length).toBeGreaterThanOrEqual(5);
+    for (const name of used) expect({ name, exported: text.includes(`# HELP ${name} `) }).toEqual({ name, exported: true });
   });
 });
 
