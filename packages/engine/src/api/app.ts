@@ -11,6 +11,7 @@ import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, t
 import swagger from '@fastify/swagger';
 import { SpanStatusCode, trace, type Span } from '@opentelemetry/api';
 import swaggerUi from '@fastify/swagger-ui';
+import { request } from 'undici';
 import { z } from 'zod';
 import { isTetherError, operationOutcomeFromError, TetherError } from '@tether/core';
 import { tenantInputSchema, tenantUpdateSchema, type TenantService } from '../auth/index.js';
@@ -36,6 +37,8 @@ export interface ApiDeps {
   readonly readiness: () => Promise<{ ready: boolean; checks: Record<string, string> }>;
   /** Tenant diagnostics (`tether tenants doctor`): discovery, token, scopes, capabilities, verdicts. */
   readonly doctor?: (tenantId: string) => Promise<unknown>;
+  /** The embedded sandbox EHR (development): its fault profile can be changed through the API. */
+  readonly sandbox?: { readonly url: string; readonly fhirBaseUrl: string; readonly tenantId: string };
   /** Called after a command was accepted (wakes the local workers). */
   readonly onSubmitted?: (commandId: string) => void;
   /** Extra routes (audit, console), registered with the same access rules. */
@@ -67,6 +70,9 @@ declare module 'fastify' {
 }
 
 const FHIR_JSON = 'application/fhir+json; charset=utf-8';
+
+/** What the exception queue shows: commands a human must decide on (DESIGN §5; docs/writeback.md "needs attention"). */
+export const EXCEPTION_STATES: readonly CommandState[] = ['needs_review', 'rejected'];
 
 function parse<S extends z.ZodType>(schema: S, value: unknown, where: string): z.output<S> {
   const result = schema.safeParse(value);
@@ -363,13 +369,14 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     'GET',
     '/v1/exceptions',
     { roles: ANY_ROLE },
-    { summary: 'The exception queue: commands in needs_review, oldest first.', tags: ['exceptions'], querystring: listQuery },
+    { summary: 'The exception queue: commands that need a human (needs_review, and rejected by the EHR), oldest first.', tags: ['exceptions'], querystring: listQuery },
     async (request) => {
       const who = caller(request);
       const q = parse(listQuery.omit({ state: true }), request.query, 'query');
       if (q.tenant) who.assertTenant(q.tenant);
       const tenants = q.tenant ? [q.tenant] : who.key.tenants;
-      const lists = tenants === null ? [await deps.exceptions.list({ limit: q.limit })] : await Promise.all(tenants.map((tenantId) => deps.exceptions.list({ tenantId, limit: q.limit })));
+      const filter = { states: EXCEPTION_STATES, limit: q.limit };
+      const lists = tenants === null ? [await deps.store.commands.list(filter)] : await Promise.all(tenants.map((tenantId) => deps.store.commands.list({ ...filter, tenantId })));
       return { exceptions: lists.flat().sort((a, b) => a.createdAt - b.createdAt).slice(0, q.limit).map((c) => commandView(c, who, deps.tokenizer)) };
     },
   );
@@ -475,7 +482,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
       queue: {
         byState: Object.fromEntries(mine.map((q) => [q.state, q.count])),
         oldestOpenAgeSeconds: oldest === null ? null : Math.round((now - oldest) / 1000),
-        exceptions: mine.find((q) => q.state === 'needs_review')?.count ?? 0,
+        exceptions: mine.filter((q) => EXCEPTION_STATES.includes(q.state)).reduce((n, q) => n + q.count, 0),
       },
       attemptsLast15m: recent.map(({ outcome, errorCategory, count }) => ({ outcome, errorCategory, count })),
     };
@@ -515,6 +522,39 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
       attempts: categories.filter(visible),
     };
   });
+
+  // ---------------------------------------------------------------------------------------------- sandbox
+  // Development only: the embedded sandbox EHR's fault injection, so the walkthrough and the console can make the
+  // EHR misbehave. Answers 404 when no embedded sandbox runs (always so in production mode).
+  const sandboxAdmin = async (method: 'GET' | 'POST', path: string, body?: unknown): Promise<{ status: number; body: unknown }> => {
+    if (!deps.sandbox) throw new TetherError('API_NOT_FOUND', 'No embedded sandbox EHR runs in this process.');
+    const res = await request(`${deps.sandbox.url}${path}`, {
+      method,
+      ...(body !== undefined ? { body: JSON.stringify(body), headers: { 'content-type': 'application/json' } } : {}),
+    });
+    return { status: res.statusCode, body: await res.body.json() };
+  };
+  r('GET', '/v1/sandbox', { roles: OPERATE }, { summary: 'The embedded sandbox EHR (development): its FHIR base URL, fault profile and fault statistics.', tags: ['sandbox'] }, async (request) => {
+    if (deps.sandbox) caller(request).assertTenant(deps.sandbox.tenantId);
+    const [faults, stats] = await Promise.all([sandboxAdmin('GET', '/_admin/faults'), sandboxAdmin('GET', '/_admin/faults/stats')]);
+    return { fhirBaseUrl: deps.sandbox?.fhirBaseUrl, faults: faults.body, stats: stats.body };
+  });
+  r<unknown, unknown, unknown>(
+    'POST',
+    '/v1/sandbox/faults',
+    { roles: ADMIN },
+    { summary: "Replace the embedded sandbox EHR's fault profile (docs/faults.md); `{\"faults\": []}` switches faults off.", tags: ['sandbox'] },
+    async (request, reply) => {
+      if (deps.sandbox) caller(request).assertTenant(deps.sandbox.tenantId);
+      const res = await sandboxAdmin('POST', '/_admin/faults', request.body ?? {});
+      if (res.status >= 400) {
+        const text = JSON.stringify(res.body);
+        throw new TetherError('REQUEST_INVALID', `The sandbox refused the fault profile: ${text.length > 500 ? `${text.slice(0, 500)}...` : text}`);
+      }
+      void reply.status(200);
+      return res.body;
+    },
+  );
 
   // ---------------------------------------------------------------------------------------------- api keys
   r('GET', '/v1/api-keys', { roles: ADMIN }, { summary: 'API keys (hashes and secrets are never returned).', tags: ['keys'] }, async () => ({

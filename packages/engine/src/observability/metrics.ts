@@ -100,7 +100,7 @@ export class ServiceMetrics {
   });
   readonly exceptionQueueDepth = new Gauge({
     name: 'tether_exception_queue_depth',
-    help: 'Commands waiting for a human (needs_review) per tenant.',
+    help: 'Commands waiting for a human (needs_review or rejected) per tenant.',
     labelNames: ['tenant'] as const,
     registers: [this.registry],
   });
@@ -185,7 +185,7 @@ export class ServiceMetrics {
     }
     for (const q of queue) {
       this.queueDepth.set({ tenant: q.tenantId, state: q.state }, q.count);
-      if (q.state === 'needs_review') this.exceptionQueueDepth.set({ tenant: q.tenantId }, q.count);
+      if (q.state === 'needs_review' || q.state === 'rejected') this.exceptionQueueDepth.inc({ tenant: q.tenantId }, q.count);
       if (open.has(q.state) && q.oldestCreatedAt !== null) oldest.set(q.tenantId, Math.min(oldest.get(q.tenantId) ?? Infinity, q.oldestCreatedAt));
     }
     for (const [tenant, at] of oldest) this.queueOldestAge.set({ tenant }, Math.max(0, now - at) / 1000);

@@ -106,7 +106,8 @@ describe('commands over HTTP', () => {
 
 describe('exception queue through a sandbox fault', () => {
   it('a create the EHR keeps failing lands in needs_review; after the fault is cleared, an operator retry verifies it', async () => {
-    await t.sandboxAdmin('/_admin/faults', { faults: [{ id: 'creates-fail', kind: 'error-before', status: 503, match: { interactions: ['create'] } }] });
+    const set = await t.api('POST', '/v1/sandbox/faults', { body: { faults: [{ id: 'creates-fail', kind: 'error-before', status: 503, match: { interactions: ['create'] } }] } });
+    expect(set.status).toBe(200);
     try {
       const res = await t.api('POST', '/v1/commands', { body: command('svc:exc-1') });
       const stuck = await t.waitFor(res.body.id, (s) => s === 'needs_review');
@@ -115,7 +116,7 @@ describe('exception queue through a sandbox fault', () => {
       expect(list.body.exceptions.map((c: { id: string }) => c.id)).toContain(res.body.id);
       const detail = await t.api('GET', `/v1/exceptions/${res.body.id}`);
       expect(detail.body).toMatchObject({ ehrState: { status: 'absent' }, lastEhrResponse: { status: 503 } });
-      await t.sandboxAdmin('/_admin/faults', { faults: [] });
+      expect((await t.api('POST', '/v1/sandbox/faults', { body: { faults: [] } })).status).toBe(200);
       const retried = await t.api('POST', `/v1/exceptions/${res.body.id}/retry`, { body: { reason: 'EHR back up' } });
       expect(retried).toMatchObject({ status: 200, body: { command: { state: 'queued' } } });
       const done = await t.waitFor(res.body.id, (s) => s === 'verified');
@@ -126,6 +127,31 @@ describe('exception queue through a sandbox fault', () => {
       expect(JSON.stringify(again.body)).toContain('COMMAND_NOT_RETRYABLE');
     } finally {
       await t.sandboxAdmin('/_admin/faults', { faults: [] });
+    }
+  });
+});
+
+describe('the embedded sandbox through the API', () => {
+  it('shows its fault profile and stats, and refuses an invalid profile with a typed error', async () => {
+    const info = await t.api('GET', '/v1/sandbox');
+    expect(info.body).toMatchObject({ fhirBaseUrl: t.svc.sandbox?.fhirBaseUrl, faults: { faults: [] } });
+    const bad = await t.api('POST', '/v1/sandbox/faults', { body: { faults: [{ kind: 'reset', probabilty: 0.5 }] } });
+    expect(bad.status).toBe(400);
+    expect(JSON.stringify(bad.body)).toContain('REQUEST_INVALID');
+  });
+
+  it('a command the EHR rejects (422, schema drift) is rejected at once and listed in the exception queue', async () => {
+    const set = await t.api('POST', '/v1/sandbox/faults', { body: { faults: [{ id: 'no-notes', kind: 'schema-drift', elements: ['Observation.note'] }] } });
+    expect(set.status).toBe(200);
+    try {
+      const res = await t.api('POST', '/v1/commands', { body: command('svc:rej-1') });
+      const done = await t.waitFor(res.body.id, (s) => s === 'rejected');
+      expect(done.attempts.at(-1)).toMatchObject({ outcome: 'rejected', errorCategory: 'validation', ehrStatus: 422 });
+      const list = await t.api('GET', '/v1/exceptions?tenant=demo');
+      expect(list.body.exceptions.map((c: { id: string }) => c.id)).toContain(res.body.id);
+      expect((await t.api('POST', `/v1/exceptions/${res.body.id}/cancel`, { body: { reason: 'bad mapping' } })).body.command.state).toBe('cancelled');
+    } finally {
+      await t.api('POST', '/v1/sandbox/faults', { body: { faults: [] } });
     }
   });
 });

@@ -198,6 +198,7 @@ export async function startService(config: ServiceConfig, seams: ServiceSeams = 
       bodyLimitBytes: config.http.bodyLimitBytes,
       metricsRequireAuth: config.api.metricsRequireAuth,
       doctor: (tenantId) => runDoctor({ store, broker, client }, tenantId),
+      ...(sandbox ? { sandbox: { url: sandbox.url, fhirBaseUrl: sandbox.fhirBaseUrl, tenantId: DEMO_TENANT_ID } } : {}),
       readiness: async () => {
         const checks: Record<string, string> = {};
         try {
