@@ -197,7 +197,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     }
     deps.metrics.apiRequests.inc({ route, method: request.method, status: String(reply.statusCode) });
     request.log.info(
-      { reqId: request.id, method: request.method, route, status: reply.statusCode, ms: Math.round(reply.elapsedTime), actor: request.tetherCaller?.actor },
+      { method: request.method, route, status: reply.statusCode, ms: Math.round(reply.elapsedTime), actor: request.tetherCaller?.actor },
       'api request',
     );
   });
@@ -215,7 +215,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
       }
     }
     const { status, body } = operationOutcomeFromError(err);
-    if (status >= 500) request.log.error({ reqId: request.id, code: isTetherError(err) ? err.code : 'INTERNAL', errName: (error as Error).name }, 'api error');
+    if (status >= 500) request.log.error({ code: isTetherError(err) ? err.code : 'INTERNAL', errName: (error as Error).name }, 'api error');
     if (isTetherError(err) && err.code === 'API_UNAUTHENTICATED') reply.header('www-authenticate', 'Bearer realm="tether"');
     void reply.status(status).type(FHIR_JSON).send(body);
   });
@@ -300,7 +300,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
       });
       deps.metrics.commandsSubmitted.inc({ tenant: body.tenantId, resource: body.resourceType, result: result.created ? 'created' : 'replay' });
       if (result.created) deps.onSubmitted?.(result.id);
-      request.log.info({ reqId: request.id, commandId: result.id, tenant: body.tenantId, created: result.created }, 'command accepted');
+      request.log.info({ commandId: result.id, tenant: body.tenantId, created: result.created }, 'command accepted');
       request.tetherSpan?.setAttributes({ 'tether.command_id': result.id, 'tether.tenant': body.tenantId });
       void reply
         .status(202)

@@ -55,6 +55,13 @@ describe('tether submit / status', () => {
     expect(JSON.parse(status.out).command).toMatchObject({ state: 'verified', businessKey: 'cli:1' });
   });
 
+  it('submits the README example (examples/observation-command.json) to verified', async () => {
+    const file = new URL('../../../../examples/observation-command.json', import.meta.url).pathname;
+    const res = await run('submit', file, '--wait', '--json', '--timeout', '30', ...remote());
+    expect(res.code).toBe(0);
+    expect(JSON.parse(res.out)).toMatchObject({ submitted: 1, failed: 0, states: { verified: 1 } });
+  });
+
   it('reports a rejected line and exits 1', async () => {
     const file = join(t.dir, 'bad.json');
     writeFileSync(file, JSON.stringify([{ tenantId: 'demo', context: 'system', action: 'create', resourceType: 'Observation', resource: { resourceType: 'Condition' }, businessKey: 'cli:bad' }]));

@@ -132,6 +132,14 @@ describe('exception queue through a sandbox fault', () => {
 });
 
 describe('the embedded sandbox through the API', () => {
+  it('accepts the README walkthrough fault profiles (examples/faults/*.json)', async () => {
+    for (const name of ['creates-fail.json', 'reject-notes.json']) {
+      const profile = JSON.parse(readFileSync(new URL(`../../../../examples/faults/${name}`, import.meta.url), 'utf8'));
+      expect({ name, status: (await t.api('POST', '/v1/sandbox/faults', { body: profile })).status }).toEqual({ name, status: 200 });
+    }
+    await t.api('POST', '/v1/sandbox/faults', { body: { faults: [] } });
+  });
+
   it('shows its fault profile and stats, and refuses an invalid profile with a typed error', async () => {
     const info = await t.api('GET', '/v1/sandbox');
     expect(info.body).toMatchObject({ fhirBaseUrl: t.svc.sandbox?.fhirBaseUrl, faults: { faults: [] } });
