@@ -1,0 +1,43 @@
+/**
+ * OpenTelemetry: with an SDK registered by the host (here the real @opentelemetry/sdk-trace-base with an
+ * in-memory exporter), every API request produces a span carrying route, status and the command id, never PHI.
+ */
+import { trace } from '@opentelemetry/api';
+import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { canaryObservation, startTestService, type TestService } from '../service/__fixtures__/service.js';
+
+const exporter = new InMemorySpanExporter();
+let t: TestService;
+
+beforeAll(async () => {
+  trace.setGlobalTracerProvider(new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] }));
+  t = await startTestService();
+}, 60_000);
+
+afterAll(async () => {
+  await t?.close();
+  trace.disable();
+});
+
+it('records one span per API request with route, status, actor and command id, and no PHI', async () => {
+  const res = await t.api('POST', '/v1/commands', {
+    body: { tenantId: 'demo', context: 'system', action: 'create', resourceType: 'Observation', resource: canaryObservation('CANARY-OTEL-1'), businessKey: 'otel:1' },
+  });
+  expect(res.status).toBe(202);
+  await t.api('GET', '/v1/nothing');
+  const spans = exporter.getFinishedSpans();
+  const submit = spans.find((s) => s.name === 'tether.api POST /v1/commands');
+  expect(submit?.attributes).toMatchObject({
+    'http.request.method': 'POST',
+    'http.route': '/v1/commands',
+    'http.response.status_code': 202,
+    'tether.command_id': res.body.id,
+    'tether.tenant': 'demo',
+    'tether.actor': expect.any(String),
+  });
+  expect(spans.some((s) => s.name === 'tether.api GET unmatched' && s.attributes['http.response.status_code'] === 404)).toBe(true);
+  const everything = JSON.stringify(spans.map((s) => ({ name: s.name, attributes: s.attributes, events: s.events })));
+  expect(everything).not.toContain('CANARY-OTEL-1');
+  expect(everything).not.toContain('otel:1');
+});
