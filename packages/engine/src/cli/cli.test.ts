@@ -94,6 +94,53 @@ describe('tether sandbox + tether token (as a user runs them)', () => {
   });
 });
 
+describe('tether start (as a user runs it)', () => {
+  let dir: string;
+
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), 'tether-start-'));
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('starts the service with the demo tenant, answers the API, and drains on SIGTERM with exit 0', async () => {
+    const child = spawn(process.execPath, [BIN, 'start', '--port', '0'], { cwd: dir, env: { ...process.env, TETHER_DATA_DIR: '', TETHER_MASTER_KEY: '', TETHER_LOG_LEVEL: 'warn' } });
+    try {
+      let err = '';
+      const url = await new Promise<string>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no banner; stderr: ${err}`)), 30_000);
+        child.stderr.on('data', (d: Buffer) => {
+          err += d.toString();
+          const m = /Console and API:\s+(\S+)/.exec(err);
+          if (m && err.includes('Press Ctrl+C')) {
+            clearTimeout(timer);
+            resolve(m[1] as string);
+          }
+        });
+      });
+      expect(err).toContain('Admin API key:    .tether/admin-api-key');
+      expect(err).toContain('Demo tenant:      demo -> embedded sandbox EHR http://127.0.0.1:');
+      expect(statSync(join(dir, '.tether', 'admin-api-key')).mode & 0o777).toBe(0o600);
+      const key = (await import('node:fs')).readFileSync(join(dir, '.tether', 'admin-api-key'), 'utf8').trim();
+      const health = await fetch(`${url}/v1/tenants/demo/health`, { headers: { authorization: `Bearer ${key}` } });
+      expect(health.status).toBe(200);
+      expect((await fetch(`${url}/readyz`)).status).toBe(200);
+      const closed = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+      child.kill('SIGTERM');
+      expect(await closed).toBe(0);
+      expect(err).toContain('Tether stopped.');
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    }
+  });
+
+  it('production mode without a master key refuses to start: exit 2, CONFIG_UNSAFE named', async () => {
+    const res = await run(['start', '--production', '--port', '0'], { TETHER_MASTER_KEY: '', TETHER_DATA_DIR: join(dir, 'prod') });
+    expect(res.code).toBe(2);
+    expect(res.stderr).toContain('Refusing to start in production mode');
+    expect(res.stderr).toContain('TETHER_MASTER_KEY');
+  });
+});
+
 describe('usage errors', () => {
   it('exit 2 with a clear message on a bad option', async () => {
     const res = await run(['sandbox', '--port', 'abc'], {});
