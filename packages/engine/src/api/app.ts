@@ -39,6 +39,12 @@ export interface ApiDeps {
   readonly doctor?: (tenantId: string) => Promise<unknown>;
   /** The embedded sandbox EHR (development): its fault profile can be changed through the API. */
   readonly sandbox?: { readonly url: string; readonly fhirBaseUrl: string; readonly tenantId: string };
+  /**
+   * Sensitivity testing only (the chaos harness's `--broken ack-before-commit`): answers 202 BEFORE the command is
+   * stored, and stores it a moment later, so a crash in between loses an acknowledged command. Deliberately wrong;
+   * never set it anywhere else.
+   */
+  readonly unsafeBroken?: 'ack-before-commit';
   /** Called after a command was accepted (wakes the local workers). */
   readonly onSubmitted?: (commandId: string) => void;
   /** Extra routes (audit, console), registered with the same access rules. */
@@ -293,11 +299,16 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
       if (header !== undefined && (typeof header !== 'string' || header.length === 0 || header.length > 255)) {
         throw new TetherError('REQUEST_INVALID', 'The Idempotency-Key header must be 1-255 characters.');
       }
-      const result = await submitCommand(deps.store, {
-        ...body,
-        requestedBy: body.requestedBy ?? `apikey:${who.actor}`,
-        ...(header ? { idempotencyKey: header } : {}),
-      });
+      const input = { ...body, requestedBy: body.requestedBy ?? `apikey:${who.actor}`, ...(header ? { idempotencyKey: header } : {}) };
+      if (deps.unsafeBroken === 'ack-before-commit') {
+        const id = randomUUID();
+        setTimeout(() => {
+          submitCommand(deps.store, input, { newId: () => id }).catch((err: unknown) => request.log.error({ code: isTetherError(err) ? err.code : 'INTERNAL' }, 'broken ack-before-commit: late insert failed'));
+        }, 200).unref();
+        void reply.status(202).header('location', `/v1/commands/${id}`);
+        return { id, state: 'queued', created: true, generation: 1, saved: 'queued: durable, not yet in the EHR' };
+      }
+      const result = await submitCommand(deps.store, input);
       deps.metrics.commandsSubmitted.inc({ tenant: body.tenantId, resource: body.resourceType, result: result.created ? 'created' : 'replay' });
       if (result.created) deps.onSubmitted?.(result.id);
       request.log.info({ commandId: result.id, tenant: body.tenantId, created: result.created }, 'command accepted');

@@ -44,6 +44,8 @@ export interface ServiceSeams {
   readonly logDestination?: { write(line: string): void };
   /** Extra API plugins (audit routes, console). */
   readonly plugins?: ApiDeps['plugins'];
+  /** Sensitivity testing only: a deliberately wrong API (see ApiDeps.unsafeBroken). */
+  readonly unsafeBroken?: ApiDeps['unsafeBroken'];
 }
 
 function ensureDir(dir: string): void {
@@ -213,6 +215,7 @@ export async function startService(config: ServiceConfig, seams: ServiceSeams = 
         return { ready: checks['store'] === 'ok' && !draining, checks };
       },
       ...(seams.plugins ? { plugins: seams.plugins } : {}),
+      ...(seams.unsafeBroken ? { unsafeBroken: seams.unsafeBroken } : {}),
     });
     await app.listen({ host: config.http.host, port: config.http.port });
     closers.push(async () => {

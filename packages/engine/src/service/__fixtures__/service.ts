@@ -6,7 +6,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'undici';
-import { loadServiceConfig, startService, type RunningService, type ServiceConfigInput } from '../index.js';
+import { loadServiceConfig, startService, type RunningService, type ServiceConfigInput, type ServiceSeams } from '../index.js';
 
 export interface TestService {
   readonly svc: RunningService;
@@ -17,10 +17,11 @@ export interface TestService {
   /** Polls GET /v1/commands/:id until `until(state)` or the time is up; returns the last body. */
   waitFor(id: string, until: (state: string) => boolean, timeoutMs?: number): Promise<any>;
   sandboxAdmin(path: string, body?: unknown): Promise<any>;
-  close(): Promise<void>;
+  /** Stops the service; removes the data directory unless `keepFiles`. */
+  close(keepFiles?: boolean): Promise<void>;
 }
 
-export async function startTestService(overrides: ServiceConfigInput = {}): Promise<TestService> {
+export async function startTestService(overrides: ServiceConfigInput = {}, seams: ServiceSeams = {}): Promise<TestService> {
   const dir = mkdtempSync(join(tmpdir(), 'tether-svc-'));
   const config = loadServiceConfig({
     env: {},
@@ -34,7 +35,7 @@ export async function startTestService(overrides: ServiceConfigInput = {}): Prom
     },
   });
   const logs: string[] = [];
-  const svc = await startService(config, { logDestination: { write: (line: string) => void logs.push(line) } });
+  const svc = await startService(config, { logDestination: { write: (line: string) => void logs.push(line) }, ...seams });
   const adminKey = readFileSync(join(config.dataDir, 'admin-api-key'), 'utf8').trim();
 
   const api: TestService['api'] = async (method, path, options = {}) => {
@@ -82,9 +83,9 @@ export async function startTestService(overrides: ServiceConfigInput = {}): Prom
       // The write log is NDJSON; everything else JSON.
       return res.headers['content-type']?.toString().includes('ndjson') ? text.split('\n').filter(Boolean).map((l) => JSON.parse(l)) : JSON.parse(text);
     },
-    async close() {
+    async close(keepFiles = false) {
       await svc.close();
-      rmSync(dir, { recursive: true, force: true });
+      if (!keepFiles) rmSync(dir, { recursive: true, force: true });
     },
   };
 }
