@@ -20,7 +20,7 @@ import type { IdentifierTokenizer, Logger, ServiceMetrics } from '../observabili
 import type { ApiRole, CommandRecord, CommandState, Store } from '../store/index.js';
 import { COMMAND_STATE_VALUES } from '../store/index.js';
 import { commandInputSchema, submitCommand, type ExceptionQueue } from '../writeback/index.js';
-import { ADMIN, ANY_ROLE, API_ROLES, assertRole, authenticate, Caller, createApiKey, OPERATE, SUBMIT, type RouteAccess } from './access.js';
+import { ADMIN, ANY_ROLE, API_ROLES, assertRole, authenticate, createApiKey, OPERATE, SUBMIT, type Caller, type RouteAccess } from './access.js';
 
 /** What the API needs from the running service. */
 export interface ApiDeps {
@@ -164,7 +164,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   app.setSerializerCompiler(() => (data) => JSON.stringify(data));
 
   app.addContentTypeParser(['application/fhir+json'], { parseAs: 'string' }, (req, body, done) => {
-    app.getDefaultJsonParser('error', 'error')(req, body as string, done);
+    void app.getDefaultJsonParser('error', 'error')(req, body as string, done);
   });
 
   // Every route must say who may call it; swagger-ui's own routes are the public documentation.

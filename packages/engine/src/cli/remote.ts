@@ -6,7 +6,7 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { Command, Option } from 'commander';
+import { Option, type Command } from 'commander';
 import { SingleBar, Presets } from 'cli-progress';
 import { request } from 'undici';
 import { TetherError } from '@tether/core';
@@ -43,7 +43,24 @@ function apiKey(o: RemoteOptions): string {
   throw new TetherError('CONFIG_INVALID', `no API key: pass --key, set TETHER_API_KEY, or run where ${file} exists`);
 }
 
-export async function callApi(o: RemoteOptions, method: 'GET' | 'POST' | 'PATCH' | 'DELETE', path: string, body?: unknown, headers: Record<string, string> = {}): Promise<any> {
+/** The parts of API answers the CLI reads (full shapes in docs/api.md). */
+interface SubmitAnswer {
+  readonly id: string;
+  readonly state: string;
+  readonly created: boolean;
+}
+interface CommandAnswer {
+  readonly command: { readonly state: string };
+}
+interface DoctorAnswer {
+  readonly tenant: string;
+  readonly ok: boolean;
+  readonly checks: readonly { name: string; ok: boolean; detail: string }[];
+  readonly workflows: readonly { resourceType: string; action: string; status: string; reasons: readonly string[] }[];
+}
+
+/** Calls the API; resolves with the parsed JSON answer (typed by the caller), throws ApiError on 4xx/5xx. */
+export async function callApi<T = unknown>(o: RemoteOptions, method: 'GET' | 'POST' | 'PATCH' | 'DELETE', path: string, body?: unknown, headers: Record<string, string> = {}): Promise<T> {
   const base = (o.url ?? process.env['TETHER_URL'] ?? DEFAULT_URL).replace(/\/+$/, '');
   let res;
   try {
@@ -58,18 +75,18 @@ export async function callApi(o: RemoteOptions, method: 'GET' | 'POST' | 'PATCH'
     throw new Error(`cannot reach the Tether API at ${base} (${(err as { code?: string }).code ?? 'network error'}); is \`tether start\` running?`);
   }
   const text = await res.body.text();
-  let parsed: any = undefined;
+  let parsed: unknown = undefined;
   try {
     parsed = text === '' ? undefined : JSON.parse(text);
   } catch {
     parsed = text;
   }
   if (res.statusCode >= 400) {
-    const issue = parsed?.issue?.[0];
-    const code = issue?.details?.coding?.[0]?.code as string | undefined;
+    const issue = (parsed as { issue?: { diagnostics?: string; details?: { coding?: { code?: string }[] } }[] } | undefined)?.issue?.[0];
+    const code = issue?.details?.coding?.[0]?.code;
     throw new ApiError(res.statusCode, code, `${code ?? `HTTP ${res.statusCode}`}: ${issue?.diagnostics ?? 'request failed'}`);
   }
-  return parsed;
+  return parsed as T;
 }
 
 const print = (value: unknown): void => void process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
@@ -117,7 +134,7 @@ export function registerRemoteCommands(program: Command): void {
     for (const [i, raw] of commands.entries()) {
       const { idempotencyKey, ...command } = raw as { idempotencyKey?: unknown } & Record<string, unknown>;
       try {
-        const res = await callApi(o, 'POST', '/v1/commands', command, typeof idempotencyKey === 'string' ? { 'idempotency-key': idempotencyKey } : {});
+        const res = await callApi<SubmitAnswer>(o, 'POST', '/v1/commands', command, typeof idempotencyKey === 'string' ? { 'idempotency-key': idempotencyKey } : {});
         results.push({ line: i + 1, id: res.id, state: res.state, replayed: !res.created });
       } catch (err) {
         if (!(err instanceof ApiError)) throw err;
@@ -134,7 +151,7 @@ export function registerRemoteCommands(program: Command): void {
       const open = new Set(pending);
       while (open.size > 0 && Date.now() < end) {
         for (const r of [...open]) {
-          const res = await callApi(o, 'GET', `/v1/commands/${r.id}`);
+          const res = await callApi<CommandAnswer>(o, 'GET', `/v1/commands/${r.id ?? ''}`);
           r.state = res.command.state;
           if (FINAL.has(r.state as string)) {
             open.delete(r);
@@ -189,7 +206,7 @@ export function registerRemoteCommands(program: Command): void {
   });
   remote(tenants.command('doctor <tenantId>').description('Check discovery, token, granted scopes and the CapabilityStatement; print what will and will not work.').option('--json', 'print the report as JSON')).action(
     async (id: string, o: RemoteOptions & { json?: boolean }) => {
-      const report = await callApi(o, 'POST', `/v1/tenants/${encodeURIComponent(id)}/doctor`, {});
+      const report = await callApi<DoctorAnswer>(o, 'POST', `/v1/tenants/${encodeURIComponent(id)}/doctor`, {});
       if (o.json) print(report);
       else {
         const lines = [`Tenant ${report.tenant}: ${report.ok ? 'OK' : 'PROBLEMS FOUND'}`];

@@ -8,6 +8,8 @@ import { join } from 'node:path';
 import { request } from 'undici';
 import { loadServiceConfig, startService, type RunningService, type ServiceConfigInput, type ServiceSeams } from '../index.js';
 
+/* eslint-disable @typescript-eslint/no-explicit-any -- test convenience: API answers are JSON read field by field in assertions */
+
 export interface TestService {
   readonly svc: RunningService;
   readonly adminKey: string;
