@@ -17,18 +17,25 @@ export interface CancelSignal {
 export class CancelSource implements CancelSignal {
   aborted = false;
   reason: unknown = undefined;
-  #listeners: (() => void)[] | undefined;
+  /** The first listener in its own slot: the hot path (one attempt listening) allocates no array. */
+  #first: (() => void) | undefined;
+  #more: (() => void)[] | undefined;
 
   get signal(): CancelSignal {
     return this;
   }
 
   addEventListener(_type: 'abort', listener: () => void): void {
-    (this.#listeners ??= []).push(listener);
+    if (this.#first === undefined && this.#more === undefined) this.#first = listener;
+    else (this.#more ??= []).push(listener);
   }
 
   removeEventListener(_type: 'abort', listener: () => void): void {
-    const list = this.#listeners;
+    if (this.#first === listener) {
+      this.#first = undefined;
+      return;
+    }
+    const list = this.#more;
     if (!list) return;
     const i = list.indexOf(listener);
     if (i >= 0) list.splice(i, 1);
@@ -38,10 +45,13 @@ export class CancelSource implements CancelSignal {
     if (this.aborted) return;
     this.aborted = true;
     this.reason = reason;
-    const list = this.#listeners;
-    this.#listeners = undefined;
-    // Listeners are one-shot, as with `{ once: true }` on an AbortSignal.
-    for (const listener of list ?? []) listener();
+    const first = this.#first;
+    const more = this.#more;
+    this.#first = undefined;
+    this.#more = undefined;
+    // Listeners are one-shot, as with `{ once: true }` on an AbortSignal; called in the order they were added.
+    first?.();
+    if (more) for (const listener of more) listener();
   }
 }
 

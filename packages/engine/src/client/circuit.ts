@@ -75,17 +75,10 @@ export class Circuit {
   }
 
   #permit(trial: boolean): CircuitPermit {
-    const generation = this.#generation;
-    let reported = false;
-    return {
-      trial,
-      report: (verdict) => {
-        if (reported) return;
-        reported = true;
-        this.#report(trial, generation, verdict);
-      },
-    };
+    return new Permit(trial, this.#generation, this.#onReport);
   }
+
+  readonly #onReport = (trial: boolean, generation: number, verdict: CircuitVerdict): void => this.#report(trial, generation, verdict);
 
   #report(trial: boolean, generation: number, verdict: CircuitVerdict): void {
     if (trial) {
@@ -121,5 +114,25 @@ export class Circuit {
   #transition(state: CircuitStateName): void {
     this.#state = state;
     this.#generation++;
+  }
+}
+
+/** One permit (a small class rather than a closure per request: a permit is made for every send). */
+class Permit implements CircuitPermit {
+  readonly trial: boolean;
+  readonly #generation: number;
+  readonly #onReport: (trial: boolean, generation: number, verdict: CircuitVerdict) => void;
+  #reported = false;
+
+  constructor(trial: boolean, generation: number, onReport: (trial: boolean, generation: number, verdict: CircuitVerdict) => void) {
+    this.trial = trial;
+    this.#generation = generation;
+    this.#onReport = onReport;
+  }
+
+  report(verdict: CircuitVerdict): void {
+    if (this.#reported) return;
+    this.#reported = true;
+    this.#onReport(this.trial, this.#generation, verdict);
   }
 }

@@ -325,6 +325,43 @@ describe('401 refresh on reads', () => {
   });
 });
 
+describe('events and logs without a sink', () => {
+  it('on() listeners get http:response without an onEvent sink, until they unsubscribe', async () => {
+    const ehr = await rawServer(() => ({ status: 200, body: { resourceType: 'Patient', id: 'p1' } }));
+    const client = createEhrClient({ tokenProvider: staticTokens });
+    open.push(client);
+    const target = { tenantId: 't', baseUrl: `${ehr.origin}/fhir` };
+    const seen: EhrClientEventMap['http:response'][] = [];
+    const off = client.on('http:response', (payload) => seen.push(payload));
+    await client.read(target, 'system', 'Patient', 'p1', { correlationId: 'c-1' });
+    off();
+    await client.read(target, 'system', 'Patient', 'p1', { correlationId: 'c-2' });
+    expect(seen).toHaveLength(1);
+    expect(seen[0]).toMatchObject({ tenant: 't', status: 200, outcome: 'ok', correlationId: 'c-1', attempt: 1 });
+  });
+
+  it('writes the per-attempt debug line only when the logger logs debug (isLevelEnabled)', async () => {
+    const ehr = await rawServer(() => ({ status: 200, body: { resourceType: 'Patient', id: 'p1' } }));
+    const lines: string[] = [];
+    let level = 'info';
+    const logger = {
+      isLevelEnabled: (l: string) => l !== 'debug' || level === 'debug',
+      debug: (_fields: Record<string, unknown>, msg: string) => lines.push(msg),
+      info: () => {},
+      warn: () => {},
+      error: () => {},
+    };
+    const client = createEhrClient({ tokenProvider: staticTokens, logger });
+    open.push(client);
+    const target = { tenantId: 't', baseUrl: `${ehr.origin}/fhir` };
+    await client.read(target, 'system', 'Patient', 'p1');
+    expect(lines).toEqual([]);
+    level = 'debug';
+    await client.read(target, 'system', 'Patient', 'p1');
+    expect(lines).toEqual(['ehr_client.attempt']);
+  });
+});
+
 describe('coalescing', () => {
   it('10 identical concurrent GETs → 1 request to the EHR, every caller gets the answer', async () => {
     const { ehr, client, target, rec } = await setup();

@@ -4,8 +4,8 @@
  * Life of a call:
  * ```
  * prepare (validate, classify interaction, correlation id, trace)
+ *   → [GET only] coalesce with an identical in-flight GET    (the rest runs once per shared request)
  *   → scope precheck (TokenProvider.assertScope)            refused → EHR_SCOPE_MISSING, nothing sent
- *   → [GET only] coalesce with an identical in-flight GET
  *   → tenant queue (concurrency, interactive before batch)   deadline → EHR_TIMEOUT, nothing sent
  *   → circuit breaker (tenant + origin)                      open → EHR_CIRCUIT_OPEN, nothing sent
  *   → EHR-ordered pause (Retry-After of an earlier 429)      too long → EHR_RATE_LIMITED, nothing sent
@@ -19,7 +19,7 @@
  */
 import { TetherError, errorSpec, isTetherError, type ErrorCode } from '@tether/core';
 import type { Dispatcher } from 'undici';
-import { Circuit } from './circuit.js';
+import { Circuit, type CircuitPermit } from './circuit.js';
 import { circuitVerdict, classifyReadAttempt, classifyWriteAttempt, codeForReason, codeForStatus } from './classify.js';
 import { Coalescer } from './coalesce.js';
 import { CancelSource, toAbortSignal, type CancelSignal } from './cancel.js';
@@ -32,12 +32,13 @@ import {
   type EhrClientListener,
   type RequestFacts,
 } from './events.js';
-import { classifyRequest, ID_PATTERN, RESOURCE_TYPE_PATTERN, type HttpMethod, type InteractionInfo } from './interaction.js';
+import { classifyRequest, ID_PATTERN, RESOURCE_TYPE_PATTERN, type HttpMethod, type InteractionInfo, type ScopeCheck } from './interaction.js';
 import { resolveClientOptions, type EhrClientOptions, type RateLimit, type ResolvedClientOptions } from './options.js';
 import { inProcessRateLimiter, type RateLimiter } from './rate-limiter.js';
 import { backoffDelay, parseRetryAfter } from './retry.js';
-import { attemptTraceparent, correlationIdFor, startTrace, type TraceContext } from './trace.js';
-import { CallAbort, sendOnce, type IncomingHttpHeaders, type TransportResult } from './transport.js';
+import { attemptSpanId, correlationIdFor, startTrace, type TraceContext } from './trace.js';
+import { CallAbort, sendOnce, type IncomingHttpHeaders, type TransportRequest, type TransportResult, type TransportTimers } from './transport.js';
+import { DeadlineTimers } from './deadlines.js';
 import type {
   CallOptions,
   EhrRequestSpec,
@@ -142,6 +143,22 @@ interface ResolvedTarget {
   readonly concurrency: number;
   readonly rateLimit: RateLimit | null;
   readonly notAppliedStatuses: ReadonlySet<number>;
+  /** Key of the tenant's circuit and EHR-ordered pause for this origin. */
+  readonly originKey: string;
+  /** Key of the tenant's token bucket. */
+  readonly rateKey: string;
+}
+
+/** A resolved target and the fields of the {@link EhrTarget} it was resolved from (see resolveTarget). */
+interface CachedTarget {
+  readonly resolved: ResolvedTarget;
+  readonly tenantId: string;
+  readonly baseUrl: string;
+  readonly concurrency: number | undefined;
+  readonly rateLimit: RateLimit | null | undefined;
+  readonly capacity: number | undefined;
+  readonly refillPerSecond: number | undefined;
+  readonly writeNotAppliedStatuses: readonly number[] | undefined;
 }
 
 interface PreparedCall {
@@ -158,7 +175,8 @@ interface PreparedCall {
   readonly callerSignal: AbortSignal | undefined;
   readonly correlationId: string;
   readonly trace: TraceContext;
-  readonly facts: RequestFacts;
+  /** Made on first use (most calls emit no event that needs it): see {@link factsOf}. */
+  facts: RequestFacts | undefined;
 }
 
 /** Per tenant + origin: breaker and EHR-ordered pause. */
@@ -182,9 +200,26 @@ interface CallState {
   refreshed: boolean;
   /** The token the last send carried (what a 401 rejected). */
   token: string | undefined;
+  /** The breaker's permit and the origin state of the send in progress (set by {@link admit}). */
+  permit: CircuitPermit | undefined;
+  origin: OriginState | undefined;
+  /** The span id of the last attempt (for its log line). */
+  spanId: string;
 }
 
+/** A fresh {@link CallState}. */
+function newCallState(): CallState {
+  return { attempts: 0, refreshed: false, token: undefined, permit: undefined, origin: undefined, spanId: '' };
+}
+
+/** {@link admit}'s answer when the request must wait for a rate limit first. */
+const MUST_WAIT = Symbol('must-wait');
+
 const FHIR_JSON = 'application/fhir+json';
+/** The options of a call that was given none. */
+const NO_OPTIONS: CallOptions = Object.freeze({});
+/** The extra headers of a call that has none (reads): shared, never written to. */
+const NO_HEADERS: Readonly<Record<string, string>> = Object.freeze({});
 /** Most rate-limit waits before one send (see waitForRateLimits). */
 const MAX_RATE_LIMIT_WAITS = 10;
 const HEADER_VALUE = /^[\x20-\x7e]{1,8192}$/;
@@ -199,13 +234,19 @@ function firstHeader(headers: IncomingHttpHeaders, name: string): string | undef
   return Array.isArray(v) ? v[0] : v;
 }
 
+/**
+ * The response headers as one string per name (repeated headers joined with `, `), frozen. Flattens undici's
+ * object in place: undici makes a fresh one per response and hands it to this attempt only, and copying it showed
+ * up in the benchmark profile.
+ */
 function flattenHeaders(headers: IncomingHttpHeaders): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(headers)) {
-    if (v === undefined) continue;
-    out[k] = Array.isArray(v) ? v.join(', ') : v;
+  for (const k in headers) {
+    const v = headers[k];
+    if (typeof v === 'string') continue;
+    if (v === undefined) delete headers[k];
+    else headers[k] = v.join(', ');
   }
-  return Object.freeze(out);
+  return Object.freeze(headers as Record<string, string>);
 }
 
 function toSearchParams(params: SearchParams | undefined): URLSearchParams {
@@ -246,6 +287,19 @@ function parseJson(body: Buffer): { ok: true; value: Record<string, unknown> | u
   }
 }
 
+/** The body as a FHIR resource (a JSON object with a string `resourceType`), or undefined. */
+function parseResource(body: Buffer): FhirResource | undefined {
+  if (body.length === 0) return undefined;
+  let value: unknown;
+  try {
+    value = JSON.parse(body.toString('utf8'));
+  } catch {
+    return undefined;
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return undefined;
+  return typeof (value as { resourceType?: unknown }).resourceType === 'string' ? (value as FhirResource) : undefined;
+}
+
 /**
  * Creates an EHR client. Options are validated at once (`CONFIG_INVALID`) and frozen; nothing is connected until
  * the first call.
@@ -254,12 +308,20 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
   const o: ResolvedClientOptions = resolveClientOptions(options);
   const s = o.settings;
   const events = new ClientEvents(o.onEvent, o.logger);
+  /** Deadlines and attempt budgets: batched on one Node timer, unless the caller injected its own timers. */
+  const deadlines: TransportTimers = o.globalTimers ? new DeadlineTimers() : o.timers;
   const rateLimiter: RateLimiter = o.rateLimiter ?? inProcessRateLimiter();
   const pools = new Map<string, Dispatcher>();
   const limiters = new Map<string, PriorityLimiter>();
   const origins = new Map<string, OriginState>();
-  const coalescer = new Coalescer<EhrResponse>();
   const parsedBases = new Map<string, URL>();
+  /**
+   * Resolved targets by identity: callers pass the same target object for every call of a tenant, and resolving
+   * (validation, URL parsing, keys) is then done once. Each use checks that the fields still match.
+   */
+  const resolvedTargets = new WeakMap<EhrTarget, CachedTarget>();
+  /** InteractionInfo of `read` per resource type (what classifyRequest answers for `GET [type]/[id]`). */
+  const readInfos = new Map<string, InteractionInfo>();
   const defaultNotApplied: ReadonlySet<number> = new Set(s.writeNotAppliedStatuses);
   let closed = false;
 
@@ -267,6 +329,34 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
 
   function resolveTarget(target: EhrTarget): ResolvedTarget {
     if (typeof target !== 'object' || target === null) throw invalid('target must be an object.');
+    const cached = resolvedTargets.get(target);
+    if (
+      cached !== undefined &&
+      cached.tenantId === target.tenantId &&
+      cached.baseUrl === target.baseUrl &&
+      cached.concurrency === target.concurrency &&
+      cached.rateLimit === target.rateLimit &&
+      cached.capacity === target.rateLimit?.capacity &&
+      cached.refillPerSecond === target.rateLimit?.refillPerSecond &&
+      cached.writeNotAppliedStatuses === target.writeNotAppliedStatuses
+    ) {
+      return cached.resolved;
+    }
+    const resolved = resolveTargetFields(target);
+    resolvedTargets.set(target, {
+      resolved,
+      tenantId: target.tenantId,
+      baseUrl: target.baseUrl,
+      concurrency: target.concurrency,
+      rateLimit: target.rateLimit,
+      capacity: target.rateLimit?.capacity,
+      refillPerSecond: target.rateLimit?.refillPerSecond,
+      writeNotAppliedStatuses: target.writeNotAppliedStatuses,
+    });
+    return resolved;
+  }
+
+  function resolveTargetFields(target: EhrTarget): ResolvedTarget {
     if (typeof target.tenantId !== 'string' || !TENANT_ID.test(target.tenantId)) throw invalid('target.tenantId must be 1-128 printable characters.');
     let url: URL | undefined = parsedBases.get(target.baseUrl);
     try {
@@ -296,6 +386,8 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
       concurrency,
       rateLimit,
       notAppliedStatuses: target.writeNotAppliedStatuses === undefined ? defaultNotApplied : new Set(target.writeNotAppliedStatuses),
+      originKey: `${target.tenantId}\u0000${url.origin}`,
+      rateKey: `ehr:${target.tenantId}`,
     };
   }
 
@@ -325,8 +417,8 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
     return limiter;
   }
 
-  function originStateFor(tenantId: string, origin: string): OriginState {
-    const key = `${tenantId}\u0000${origin}`;
+  function originStateFor(target: ResolvedTarget): OriginState {
+    const { tenantId, origin, originKey: key } = target;
     let state = origins.get(key);
     if (!state) {
       const circuit = new Circuit({
@@ -369,11 +461,31 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
     info?: InteractionInfo,
   ): PreparedCall {
     const resolved = resolveTarget(target);
-    if (typeof context !== 'string' || context === '' || context.length > 256) throw invalid('context must be a non-empty string.');
+    checkContext(context);
     const qs = query?.toString() ?? '';
     const interaction = info ?? classifyRequest(method, relativePath, body && 'json' in body ? body.json : undefined, qs !== '');
     const path = `${resolved.basePath}/${relativePath}${qs ? `?${qs}` : ''}`;
     return finishPrepare(resolved, context, method, path, interaction, body, extraHeaders, options);
+  }
+
+  function checkContext(context: unknown): void {
+    if (typeof context !== 'string' || context === '' || context.length > 256) throw invalid('context must be a non-empty string.');
+  }
+
+  /** What classifyRequest answers for `GET [type]/[id]`, made once per resource type. */
+  function readInfo(resourceType: string): InteractionInfo {
+    let info = readInfos.get(resourceType);
+    if (!info) {
+      info = Object.freeze({
+        interaction: 'read',
+        resourceType,
+        isWrite: false,
+        scopeChecks: Object.freeze([Object.freeze({ resourceType, interaction: 'read' as const })]),
+      });
+      // Resource types are a closed set of names; the bound only guards against a caller inventing them.
+      if (readInfos.size < 1000) readInfos.set(resourceType, info);
+    }
+    return info;
   }
 
   function finishPrepare(
@@ -386,11 +498,14 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
     extraHeaders: Record<string, string | undefined>,
     options: CallOptions,
   ): PreparedCall {
-    const headers: Record<string, string> = {};
-    for (const [name, value] of Object.entries(extraHeaders)) {
-      if (value === undefined) continue;
-      if (!HEADER_VALUE.test(value)) throw invalid(`The ${name} header value must be printable ASCII without line breaks.`, { header: name });
-      headers[name] = value;
+    let headers: Record<string, string> = NO_HEADERS;
+    if (extraHeaders !== NO_HEADERS || body !== undefined) {
+      headers = {};
+      for (const [name, value] of Object.entries(extraHeaders)) {
+        if (value === undefined) continue;
+        if (!HEADER_VALUE.test(value)) throw invalid(`The ${name} header value must be printable ASCII without line breaks.`, { header: name });
+        headers[name] = value;
+      }
     }
     let buffer: Buffer | undefined;
     if (body && 'json' in body) {
@@ -419,14 +534,19 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
       callerSignal: options.signal,
       correlationId,
       trace,
-      facts: Object.freeze({
-        tenant: resolved.tenantId,
-        method,
-        resourceType: info.resourceType,
-        interaction: info.interaction,
-        correlationId,
-      }),
+      facts: undefined,
     };
+  }
+
+  /** The facts every per-request event carries. */
+  function factsOf(call: PreparedCall): RequestFacts {
+    return (call.facts ??= Object.freeze({
+      tenant: call.target.tenantId,
+      method: call.method,
+      resourceType: call.info.resourceType,
+      interaction: call.info.interaction,
+      correlationId: call.correlationId,
+    }));
   }
 
   // ------------------------------------------------------------------------------------------------ plumbing
@@ -434,7 +554,7 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
   /** A signal that aborts at the call's deadline or when the caller's (or a shared) signal aborts. */
   function openScope(deadlineAt: number, outer: CancelSignal | undefined): { signal: CancelSignal; dispose: () => void } {
     const controller = new CancelSource();
-    const timer = o.timers.setTimeout(() => controller.abort(new CallAbort('deadline')), Math.max(0, deadlineAt - o.clock()));
+    const timer = deadlines.setTimeout(() => controller.abort(new CallAbort('deadline')), Math.max(0, deadlineAt - o.clock()));
     const onOuter = (): void => {
       const reason: unknown = outer?.reason;
       controller.abort(reason instanceof CallAbort ? reason : new CallAbort('aborted'));
@@ -444,7 +564,7 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
     return {
       signal: controller.signal,
       dispose: () => {
-        o.timers.clearTimeout(timer);
+        deadlines.clearTimeout(timer);
         outer?.removeEventListener('abort', onOuter);
       },
     };
@@ -482,30 +602,65 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
     });
   }
 
-  async function acquireSlot(call: PreparedCall, signal: CancelSignal): Promise<Release> {
+  /**
+   * A concurrency slot of the call's tenant: at once when one is free and nobody waits (no Promise), otherwise a
+   * wait in the tenant's queue.
+   */
+  function acquireSlot(call: PreparedCall, signal: CancelSignal): Release | Promise<Release> {
     const limiter = limiterFor(call.target);
+    return limiter.tryAcquire() ?? queueForSlot(limiter, call, signal);
+  }
+
+  async function queueForSlot(limiter: PriorityLimiter, call: PreparedCall, signal: CancelSignal): Promise<Release> {
     const { release, waited, enqueuedAt } = await limiter.acquire(call.priority, signal, o.clock());
     if (waited) events.emit('queue:waited', { tenant: call.target.tenantId, priority: call.priority, waitedMs: o.clock() - enqueuedAt });
     return release;
   }
 
+  /**
+   * The token provider's scope precheck, one check per interaction the call needs (reads need one). Resolves to
+   * the refusal, or undefined when the call may go (also when the provider has no precheck).
+   */
   async function precheckScope(call: PreparedCall): Promise<TetherError | undefined> {
-    const assertScope = o.tokenProvider.assertScope?.bind(o.tokenProvider);
-    if (!assertScope) return undefined;
+    const provider = o.tokenProvider;
+    if (provider.assertScope === undefined) return undefined;
     for (const check of call.info.scopeChecks) {
       try {
-        await assertScope(call.target.tenantId, call.context, check.resourceType, check.interaction);
+        await provider.assertScope(call.target.tenantId, call.context, check.resourceType, check.interaction);
       } catch (err) {
-        if (isTetherError(err)) return err;
-        return new TetherError('EHR_SCOPE_MISSING', 'The scope precheck failed.', { details: detailsOf(call, 0), cause: err });
+        return scopeRefusal(call, err);
       }
     }
     return undefined;
   }
 
+  function scopeRefusal(call: PreparedCall, err: unknown): TetherError {
+    if (isTetherError(err)) return err;
+    return new TetherError('EHR_SCOPE_MISSING', 'The scope precheck failed.', { details: detailsOf(call, 0), cause: err });
+  }
+
   function tokenError(call: PreparedCall, err: unknown, attempts: number): TetherError {
     if (isTetherError(err)) return err;
     return new TetherError('AUTH_TOKEN_REQUEST_FAILED', 'The token provider failed.', { details: detailsOf(call, attempts), cause: err });
+  }
+
+  /**
+   * Whether the request may go now without waiting: no EHR-ordered pause, and a token from the tenant's bucket
+   * taken synchronously (or no bucket). `false` means "ask {@link waitForRateLimits}", which decides again (a
+   * refused take takes nothing, so asking twice charges once).
+   */
+  function rateLimitsAllowNow(call: PreparedCall, state: OriginState): boolean {
+    const now = o.clock();
+    if (state.pausedUntil > now) return false;
+    const limit = call.target.rateLimit;
+    if (limit === null) return true;
+    if (rateLimiter.takeSync === undefined) return false;
+    try {
+      return rateLimiter.takeSync(call.target.rateKey, limit, now).allowed;
+    } catch {
+      // waitForRateLimits asks again and turns the failure into a refusal.
+      return false;
+    }
   }
 
   /**
@@ -517,21 +672,21 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
     // that returns early (a broken seam) from spinning: after it, the request is refused, never sent early.
     for (let waits = 0; ; waits++) {
       if (waits > MAX_RATE_LIMIT_WAITS) {
-        events.emit('http:rate-limited', { ...call.facts, source: 'local', waitMs: 0, waited: false });
+        events.emit('http:rate-limited', { ...factsOf(call), source: 'local', waitMs: 0, waited: false });
         return { kind: 'refused', error: failureError(call, 'EHR_RATE_LIMITED', attempts, { reason: 'rate-limit-waits-exhausted' }) };
       }
       const now = o.clock();
       const pause = state.pausedUntil - now;
       if (pause > 0) {
         if (pause > s.maxRetryAfterMs || now + pause >= call.deadlineAt) {
-          events.emit('http:rate-limited', { ...call.facts, source: 'server', waitMs: pause, waited: false });
+          events.emit('http:rate-limited', { ...factsOf(call), source: 'server', waitMs: pause, waited: false });
           return {
             kind: 'refused',
             retryAfterMs: pause,
             error: failureError(call, 'EHR_RATE_LIMITED', attempts, { retryAfterMs: pause, source: 'server' }),
           };
         }
-        events.emit('http:rate-limited', { ...call.facts, source: 'server', waitMs: pause, waited: true });
+        events.emit('http:rate-limited', { ...factsOf(call), source: 'server', waitMs: pause, waited: true });
         try {
           await o.sleep(pause, toAbortSignal(signal));
         } catch {
@@ -539,10 +694,11 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
         }
         continue;
       }
-      if (call.target.rateLimit === null) return undefined;
+      const limit = call.target.rateLimit;
+      if (limit === null) return undefined;
       let decision;
       try {
-        decision = await rateLimiter.take(`ehr:${call.target.tenantId}`, call.target.rateLimit, now);
+        decision = rateLimiter.takeSync ? rateLimiter.takeSync(call.target.rateKey, limit, now) : await rateLimiter.take(call.target.rateKey, limit, now);
       } catch (err) {
         // A shared limiter we cannot reach: fail closed (not sent) rather than risk a storm against the EHR.
         return {
@@ -554,14 +710,14 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
       }
       if (decision.allowed) return undefined;
       if (o.clock() + decision.waitMs >= call.deadlineAt) {
-        events.emit('http:rate-limited', { ...call.facts, source: 'local', waitMs: decision.waitMs, waited: false });
+        events.emit('http:rate-limited', { ...factsOf(call), source: 'local', waitMs: decision.waitMs, waited: false });
         return {
           kind: 'refused',
           retryAfterMs: decision.waitMs,
           error: failureError(call, 'EHR_RATE_LIMITED', attempts, { retryAfterMs: decision.waitMs, source: 'local' }),
         };
       }
-      events.emit('http:rate-limited', { ...call.facts, source: 'local', waitMs: decision.waitMs, waited: true });
+      events.emit('http:rate-limited', { ...factsOf(call), source: 'local', waitMs: decision.waitMs, waited: true });
       try {
         await o.sleep(decision.waitMs, toAbortSignal(signal));
       } catch {
@@ -584,13 +740,16 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
     return { outcome: 'failed', code: verdict.code };
   }
 
-  /** One send through breaker, pauses, rate limit and token; records the attempt. */
-  async function sendOne(call: PreparedCall, state: CallState, signal: CancelSignal, refreshedToken?: string): Promise<AttemptRecord> {
+  /**
+   * The checks before a send that need no waiting: client open, breaker permit, rate limits. Sets `state.permit`
+   * and `state.origin`. Returns a refusal, {@link MUST_WAIT} (ask {@link waitForRateLimits}), or undefined: go.
+   */
+  function admit(call: PreparedCall, state: CallState): AttemptRecord | typeof MUST_WAIT | undefined {
     // Calls still queued when close() ran must not reopen a pool.
     if (closed) {
       return { kind: 'refused', error: new TetherError('SERVICE_UNAVAILABLE', 'The EHR client is closed.', { details: detailsOf(call, state.attempts) }) };
     }
-    const originState = originStateFor(call.target.tenantId, call.target.origin);
+    const originState = originStateFor(call.target);
     const permit = originState.circuit.tryAcquire();
     if (!permit) {
       const retryAfterMs = originState.circuit.remainingOpenMs();
@@ -600,10 +759,24 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
         error: failureError(call, 'EHR_CIRCUIT_OPEN', state.attempts, { retryAfterMs, origin: call.target.origin }),
       };
     }
-    const waited = await waitForRateLimits(call, originState, signal, state.attempts);
-    if (waited) {
-      permit.report('ignore');
-      return waited;
+    state.permit = permit;
+    state.origin = originState;
+    return rateLimitsAllowNow(call, originState) ? undefined : MUST_WAIT;
+  }
+
+  /**
+   * One send through breaker, pauses, rate limit and token; records the attempt. Kept small on purpose (every
+   * local of an async function is saved at each await): the work around the awaits is in sync helpers.
+   */
+  async function sendOne(call: PreparedCall, state: CallState, signal: CancelSignal, refreshedToken?: string): Promise<AttemptRecord> {
+    const admitted = admit(call, state);
+    if (admitted !== undefined) {
+      if (admitted !== MUST_WAIT) return admitted;
+      const refused = await waitForRateLimits(call, state.origin as OriginState, signal, state.attempts);
+      if (refused) {
+        state.permit?.report('ignore');
+        return refused;
+      }
     }
     // Asked every time (the provider caches, and refreshes proactively near expiry), except for the resend right
     // after a 401, which uses the token the refresh returned.
@@ -612,75 +785,107 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
       try {
         token = await o.tokenProvider.getAccessToken(call.target.tenantId, call.context);
       } catch (err) {
-        permit.report('ignore');
+        state.permit?.report('ignore');
         return { kind: 'refused', error: tokenError(call, err, state.attempts) };
       }
     }
-    state.token = token;
     if (signal.aborted) {
-      permit.report('ignore');
+      state.permit?.report('ignore');
       return { kind: 'refused', error: timeoutError(call, signal.reason, 'getting a token', state.attempts) };
     }
-    const now = o.clock();
-    const remaining = call.deadlineAt - now;
-    const traceparent = attemptTraceparent(call.trace, o.ids);
+    const startedAt = o.clock();
+    const result = await sendOnce(poolFor(call.target.origin), attemptRequest(call, state, token, startedAt, signal), deadlines);
+    return recordAttempt(call, state, result, startedAt);
+  }
+
+  /** The request of one attempt: the call's headers plus auth, correlation and a new span. */
+  function attemptRequest(call: PreparedCall, state: CallState, token: string, now: number, signal: CancelSignal): TransportRequest {
+    state.token = token;
     state.attempts++;
-    const attempt = state.attempts;
-    const result = await sendOnce(
-      poolFor(call.target.origin),
-      {
-        method: call.method,
-        path: call.path,
-        headers: {
-          ...call.headers,
-          accept: FHIR_JSON,
-          authorization: `Bearer ${token}`,
-          'user-agent': s.userAgent,
-          'x-request-id': call.correlationId,
-          'x-correlation-id': call.correlationId,
-          traceparent: traceparent.header,
-        },
-        body: call.body,
-        headersTimeoutMs: s.headersTimeoutMs,
-        bodyTimeoutMs: s.bodyTimeoutMs,
-        maxResponseBytes: s.maxResponseBytes,
-        timeoutMs: Math.min(s.attemptTimeoutMs, remaining),
-        timeoutReason: remaining < s.attemptTimeoutMs ? 'deadline' : 'attempt-timeout',
-        signal,
-      },
-      o.timers,
-    );
-    permit.report(circuitVerdict(result));
-    const ms = o.clock() - now;
+    const spanId = attemptSpanId(o.ids);
+    state.spanId = spanId;
+    const traceparent = `00-${call.trace.traceId}-${spanId}-${call.trace.flags}`;
+    // Ours, after the call's own headers (conditional writes, content type: never one of these names).
+    const headers: string[] = [
+      'accept',
+      FHIR_JSON,
+      'authorization',
+      `Bearer ${token}`,
+      'user-agent',
+      s.userAgent,
+      'x-request-id',
+      call.correlationId,
+      'x-correlation-id',
+      call.correlationId,
+      'traceparent',
+      traceparent,
+    ];
+    if (call.headers !== NO_HEADERS) {
+      const own: string[] = [];
+      for (const name in call.headers) own.push(name, call.headers[name] as string);
+      headers.unshift(...own);
+    }
+    const remaining = call.deadlineAt - now;
+    return {
+      method: call.method,
+      path: call.path,
+      headers,
+      body: call.body,
+      headersTimeoutMs: s.headersTimeoutMs,
+      bodyTimeoutMs: s.bodyTimeoutMs,
+      maxResponseBytes: s.maxResponseBytes,
+      timeoutMs: Math.min(s.attemptTimeoutMs, remaining),
+      timeoutReason: remaining < s.attemptTimeoutMs ? 'deadline' : 'attempt-timeout',
+      signal,
+    };
+  }
+
+  /** After an attempt: the breaker's verdict, the `http:response` event and log line, an EHR-ordered pause. */
+  function recordAttempt(call: PreparedCall, state: CallState, result: TransportResult, startedAt: number): AttemptRecord {
+    state.permit?.report(circuitVerdict(result));
     const status = result.kind === 'failed' ? 0 : result.status;
-    const reason = result.kind === 'response' ? undefined : result.reason;
-    const { outcome, code } = attemptOutcome(call, result);
-    const category = code === undefined ? undefined : errorSpec(code).category;
-    events.emit('http:response', { ...call.facts, status, outcome, category, code, reason, ms, attempt });
-    o.logger.debug(
-      {
-        tenant: call.target.tenantId,
-        method: call.method,
-        resourceType: call.info.resourceType,
-        interaction: call.info.interaction,
-        correlationId: call.correlationId,
-        spanId: traceparent.spanId,
-        attempt,
-        status,
-        outcome,
-        reason,
-        ms,
-      },
-      'ehr_client.attempt',
-    );
-    if (status === 429) {
+    const emitResponse = events.wants('http:response');
+    const logAttempt = o.logsDebug();
+    if (emitResponse || logAttempt) {
+      // Built only for someone who receives it: this runs for every request.
+      const ms = o.clock() - startedAt;
+      const reason = result.kind === 'response' ? undefined : result.reason;
+      const { outcome, code } = attemptOutcome(call, result);
+      const category = code === undefined ? undefined : errorSpec(code).category;
+      const attempt = state.attempts;
+      if (emitResponse) events.emit('http:response', { ...factsOf(call), status, outcome, category, code, reason, ms, attempt });
+      if (logAttempt) {
+        o.logger.debug(
+          {
+            tenant: call.target.tenantId,
+            method: call.method,
+            resourceType: call.info.resourceType,
+            interaction: call.info.interaction,
+            correlationId: call.correlationId,
+            spanId: state.spanId,
+            attempt,
+            status,
+            outcome,
+            reason,
+            ms,
+          },
+          'ehr_client.attempt',
+        );
+      }
+    }
+    if (status === 429 && state.origin) {
       const retryAfterMs = parseRetryAfter(result.kind === 'failed' ? undefined : firstHeader(result.headers, 'retry-after'), o.clock());
       if (retryAfterMs !== undefined && retryAfterMs > 0) {
         // The EHR said when it will take requests again: nobody of this tenant sends to this origin before then.
-        originState.pausedUntil = Math.max(originState.pausedUntil, o.clock() + retryAfterMs);
+        state.origin.pausedUntil = Math.max(state.origin.pausedUntil, o.clock() + retryAfterMs);
       }
     }
     return { kind: 'sent', result };
+  }
+
+  /** Whether `record` is a first 401: the one refresh and resend is due (see {@link sendWithAuth}). */
+  function needsRefresh(record: AttemptRecord, state: CallState): boolean {
+    return record.kind === 'sent' && record.result.kind === 'response' && record.result.status === 401 && !state.refreshed;
   }
 
   /**
@@ -693,9 +898,13 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
    */
   async function sendWithAuth(call: PreparedCall, state: CallState, signal: CancelSignal): Promise<AttemptRecord> {
     const first = await sendOne(call, state, signal);
-    if (first.kind !== 'sent' || first.result.kind !== 'response' || first.result.status !== 401 || state.refreshed) return first;
+    return needsRefresh(first, state) ? refreshAndResend(call, state, signal) : first;
+  }
+
+  /** After a first 401: the one refresh, then the one resend with the fresh token. */
+  async function refreshAndResend(call: PreparedCall, state: CallState, signal: CancelSignal): Promise<AttemptRecord> {
     state.refreshed = true;
-    events.emit('auth:refresh-after-401', { ...call.facts, attempt: state.attempts });
+    events.emit('auth:refresh-after-401', { ...factsOf(call), attempt: state.attempts });
     let fresh: string;
     try {
       fresh = await o.tokenProvider.refreshAfterUnauthorized(call.target.tenantId, call.context, state.token ?? '');
@@ -709,13 +918,11 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
   // ------------------------------------------------------------------------------------------------ reads
 
   function readSuccess<T extends FhirResource>(call: PreparedCall, result: TransportResult & { kind: 'response' }, attempts: number): EhrResponse<T> {
-    const parsed = parseJson(result.body);
-    if (!parsed.ok || parsed.value === undefined || typeof parsed.value['resourceType'] !== 'string') {
-      throw failureError(call, 'EHR_RESPONSE_INVALID', attempts, { status: result.status, reason: 'not-fhir-json' });
-    }
+    const value = parseResource(result.body);
+    if (value === undefined) throw failureError(call, 'EHR_RESPONSE_INVALID', attempts, { status: result.status, reason: 'not-fhir-json' });
     return Object.freeze({
       status: result.status,
-      body: parsed.value as unknown as T,
+      body: value as T,
       headers: flattenHeaders(result.headers),
       attempts,
       correlationId: call.correlationId,
@@ -723,95 +930,136 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
     });
   }
 
-  /** Runs a read with retries. `outer` aborts it (caller or coalescer); the deadline is the call's. */
   /**
+   * Runs a read with retries, within the call's deadline. The decisions after each attempt are in
+   * {@link afterReadAttempt} (sync), so that this async function stays small.
+   *
+   * @param outer - aborts the read: the caller's signal, or the coalescer's shared signal.
    * @param shared - true when `outer` is the coalescer's shared signal: it already aborts when the last caller
-   *   leaves (each caller leaves at its own deadline), so no second deadline timer and controller are needed.
+   *   leaves (each caller leaves at its own deadline), so no second deadline timer and scope are needed.
    */
   async function runRead(call: PreparedCall, outer: CancelSignal | undefined, shared = false): Promise<EhrResponse> {
-    const scope = shared && outer ? { signal: outer, dispose: () => {} } : openScope(call.deadlineAt, outer);
-    const state: CallState = { attempts: 0, refreshed: false, token: undefined };
+    const scope = shared && outer ? undefined : openScope(call.deadlineAt, outer);
+    const signal = scope?.signal ?? (outer as CancelSignal);
+    const state = newCallState();
     try {
-      for (let round = 1; ; round++) {
-        let release: Release;
+      // The scope precheck, once per request sent (a coalesced GET is one request: same tenant, context and URL,
+      // so the same token and scopes as every caller that joined it). Refused: nothing is queued or sent.
+      const checks = call.info.scopeChecks;
+      if (o.tokenProvider.assertScope !== undefined && checks.length > 0) {
         try {
-          release = await acquireSlot(call, scope.signal);
-        } catch (reason) {
-          throw timeoutError(call, reason, 'waiting for a concurrency slot', state.attempts);
+          for (let i = 0; i < checks.length; i++) {
+            const check = checks[i] as ScopeCheck;
+            await o.tokenProvider.assertScope(call.target.tenantId, call.context, check.resourceType, check.interaction);
+          }
+        } catch (err) {
+          throw scopeRefusal(call, err);
         }
+      }
+      for (let round = 1; ; round++) {
+        let release = acquireSlot(call, signal);
+        if (typeof release !== 'function') release = await queuedSlot(release, call, state);
         let record: AttemptRecord;
         try {
-          record = await sendWithAuth(call, state, scope.signal);
+          record = await sendOne(call, state, signal);
+          if (needsRefresh(record, state)) record = await refreshAndResend(call, state, signal);
         } finally {
           release();
         }
-        if (record.kind === 'refused') throw record.error;
-        const result = record.result;
-        const verdict = classifyReadAttempt(result);
-        if (verdict.ok && result.kind === 'response') return readSuccess(call, result, state.attempts);
-
-        const headers = result.kind === 'failed' ? undefined : result.headers;
-        const retryAfterMs = headers ? parseRetryAfter(firstHeader(headers, 'retry-after'), o.clock()) : undefined;
-        const body = result.kind === 'response' ? parseJson(result.body) : undefined;
-        const extra: Record<string, unknown> = {
-          status: verdict.status,
-          ...(verdict.reason === undefined ? {} : { reason: verdict.reason }),
-          ...(retryAfterMs === undefined ? {} : { retryAfterMs }),
-          ...(body?.ok && body.value ? { ehrCodes: outcomeCodes(body.value) } : {}),
-        };
-        const code = verdict.code ?? (verdict.status > 0 ? codeForStatus(verdict.status) : codeForReason(verdict.reason ?? 'network'));
-        const cause = result.kind === 'response' ? undefined : result.cause;
-        if (!verdict.retryable || round >= s.maxAttempts) throw failureError(call, code, state.attempts, extra, cause);
-        if (retryAfterMs !== undefined && retryAfterMs > s.maxRetryAfterMs) {
-          // Waiting less than the EHR asked would send early; waiting longer than the cap holds the caller: give up.
-          throw failureError(call, code, state.attempts, { ...extra, retryAfterExceedsCap: true }, cause);
-        }
-        // Retry-After is a floor: wait it out, plus a little jitter so the callers it paused do not return in step.
-        const delay =
-          retryAfterMs !== undefined
-            ? retryAfterMs + Math.floor(Math.min(Math.max(o.random(), 0), 1) * s.retryBaseDelayMs)
-            : backoffDelay(round, { baseDelayMs: s.retryBaseDelayMs, maxDelayMs: s.retryMaxDelayMs }, o.random);
-        if (o.clock() + delay >= call.deadlineAt) {
-          throw failureError(call, code, state.attempts, { ...extra, deadlineReached: true }, cause);
-        }
-        events.emit('http:retry', {
-          ...call.facts,
-          attempt: state.attempts,
-          delayMs: delay,
-          status: verdict.status,
-          reason: verdict.reason ?? 'status',
-          retryAfter: retryAfterMs !== undefined,
-        });
-        try {
-          await o.sleep(delay, toAbortSignal(scope.signal));
-        } catch (reason) {
-          throw timeoutError(call, reason, 'waiting to retry', state.attempts);
-        }
+        const next = afterReadAttempt(call, state, record, round);
+        if (typeof next !== 'number') return next;
+        await sleepBeforeRetry(call, state, signal, next);
       }
     } finally {
-      scope.dispose();
+      scope?.dispose();
     }
   }
 
-  async function executeRead(call: PreparedCall): Promise<EhrResponse> {
-    if (closed) throw new TetherError('SERVICE_UNAVAILABLE', 'The EHR client is closed.');
-    const refused = await precheckScope(call);
-    if (refused) throw refused;
-    if (call.method !== 'GET') return runRead(call, call.callerSignal);
-    // Same tenant, same context (token and its scopes), same URL: the same answer.
-    const key = `${call.target.tenantId}\u0000${call.context}\u0000${call.target.origin}${call.path}`;
-    const own = openScope(call.deadlineAt, call.callerSignal);
+  /** A slot the read had to queue for; a deadline or cancel while queued ends the read. */
+  async function queuedSlot(pending: Promise<Release>, call: PreparedCall, state: CallState): Promise<Release> {
     try {
-      return await coalescer.run(
-        key,
-        own.signal,
-        (shared) => runRead(call, shared, true),
-        () => events.emit('http:coalesced', call.facts),
-        (reason) => timeoutError(call, reason, 'waiting for a shared request', 0),
-      );
-    } finally {
-      own.dispose();
+      return await pending;
+    } catch (reason) {
+      throw timeoutError(call, reason, 'waiting for a concurrency slot', state.attempts);
     }
+  }
+
+  async function sleepBeforeRetry(call: PreparedCall, state: CallState, signal: CancelSignal, delay: number): Promise<void> {
+    try {
+      await o.sleep(delay, toAbortSignal(signal));
+    } catch (reason) {
+      throw timeoutError(call, reason, 'waiting to retry', state.attempts);
+    }
+  }
+
+  /**
+   * What follows one attempt of a read: the response (success), the wait before the next attempt (a number, after
+   * `http:retry`), or a thrown failure (not retryable, attempts or deadline exhausted, Retry-After over the cap).
+   */
+  function afterReadAttempt(call: PreparedCall, state: CallState, record: AttemptRecord, round: number): EhrResponse | number {
+    if (record.kind === 'refused') throw record.error;
+    const result = record.result;
+    const verdict = classifyReadAttempt(result);
+    if (verdict.ok && result.kind === 'response') return readSuccess(call, result, state.attempts);
+
+    const headers = result.kind === 'failed' ? undefined : result.headers;
+    const retryAfterMs = headers ? parseRetryAfter(firstHeader(headers, 'retry-after'), o.clock()) : undefined;
+    const body = result.kind === 'response' ? parseJson(result.body) : undefined;
+    const extra: Record<string, unknown> = {
+      status: verdict.status,
+      ...(verdict.reason === undefined ? {} : { reason: verdict.reason }),
+      ...(retryAfterMs === undefined ? {} : { retryAfterMs }),
+      ...(body?.ok && body.value ? { ehrCodes: outcomeCodes(body.value) } : {}),
+    };
+    const code = verdict.code ?? (verdict.status > 0 ? codeForStatus(verdict.status) : codeForReason(verdict.reason ?? 'network'));
+    const cause = result.kind === 'response' ? undefined : result.cause;
+    if (!verdict.retryable || round >= s.maxAttempts) throw failureError(call, code, state.attempts, extra, cause);
+    if (retryAfterMs !== undefined && retryAfterMs > s.maxRetryAfterMs) {
+      // Waiting less than the EHR asked would send early; waiting longer than the cap holds the caller: give up.
+      throw failureError(call, code, state.attempts, { ...extra, retryAfterExceedsCap: true }, cause);
+    }
+    // Retry-After is a floor: wait it out, plus a little jitter so the callers it paused do not return in step.
+    const delay =
+      retryAfterMs !== undefined
+        ? retryAfterMs + Math.floor(Math.min(Math.max(o.random(), 0), 1) * s.retryBaseDelayMs)
+        : backoffDelay(round, { baseDelayMs: s.retryBaseDelayMs, maxDelayMs: s.retryMaxDelayMs }, o.random);
+    if (o.clock() + delay >= call.deadlineAt) {
+      throw failureError(call, code, state.attempts, { ...extra, deadlineReached: true }, cause);
+    }
+    events.emit('http:retry', {
+      ...factsOf(call),
+      attempt: state.attempts,
+      delayMs: delay,
+      status: verdict.status,
+      reason: verdict.reason ?? 'status',
+      retryAfter: retryAfterMs !== undefined,
+    });
+    return delay;
+  }
+
+  /** How a GET caller takes part in a coalesced request (one object per client). */
+  const coalescer = new Coalescer<PreparedCall, EhrResponse>(deadlines, {
+    start: (call, shared) => runRead(call, shared, true),
+    joined: (call) => events.emit('http:coalesced', factsOf(call)),
+    left: (call, reason) => timeoutError(call, reason, 'waiting for a shared request', 0),
+  });
+
+  /**
+   * A read: a GET joins an identical one in flight (or starts it); `POST _search` runs on its own. Not async: the
+   * scope precheck happens inside the (shared) run, so a read costs one async frame less.
+   */
+  function executeRead(call: PreparedCall): Promise<EhrResponse> {
+    if (closed) return Promise.reject(new TetherError('SERVICE_UNAVAILABLE', 'The EHR client is closed.'));
+    return call.method === 'GET' ? coalesce(call) : runRead(call, call.callerSignal);
+  }
+
+  /**
+   * Same tenant, same context (token and its scopes), same URL: the same answer. The caller leaves at its own
+   * deadline or signal; the shared request ends when the last caller left.
+   */
+  function coalesce(call: PreparedCall): Promise<EhrResponse> {
+    const key = `${call.target.tenantId}\u0000${call.context}\u0000${call.target.origin}${call.path}`;
+    return coalescer.run(key, call, call.deadlineAt - o.clock(), call.callerSignal);
   }
 
   // ------------------------------------------------------------------------------------------------ writes
@@ -896,7 +1144,7 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
   }
 
   async function executeWrite(call: PreparedCall): Promise<WriteResult> {
-    const state: CallState = { attempts: 0, refreshed: false, token: undefined };
+    const state = newCallState();
     if (closed) {
       return writeResult(call, state, { kind: 'refused', error: new TetherError('SERVICE_UNAVAILABLE', 'The EHR client is closed.') });
     }
@@ -971,9 +1219,20 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
   }
 
   const client: EhrClient = {
-    async read<T extends FhirResource = FhirResource>(target: EhrTarget, context: string, resourceType: string, id: string, options: CallOptions = {}) {
-      const call = prepare(target, context, 'GET', `${checkType(resourceType)}/${checkId(id, 'id')}`, undefined, undefined, {}, options);
-      return (await executeRead(call)) as EhrResponse<T>;
+    read<T extends FhirResource = FhirResource>(target: EhrTarget, context: string, resourceType: string, id: string, options: CallOptions = NO_OPTIONS) {
+      // The hot path of the client: prepared without classifyRequest (the interaction is known) and returned
+      // without another async layer. A malformed call still rejects, it never throws synchronously.
+      let call: PreparedCall;
+      try {
+        const type = checkType(resourceType);
+        const checkedId = checkId(id, 'id');
+        const resolved = resolveTarget(target);
+        checkContext(context);
+        call = finishPrepare(resolved, context, 'GET', `${resolved.basePath}/${type}/${checkedId}`, readInfo(type), undefined, NO_HEADERS, options);
+      } catch (err) {
+        return Promise.reject(err as Error);
+      }
+      return executeRead(call) as Promise<EhrResponse<T>>;
     },
 
     async vread<T extends FhirResource = FhirResource>(
@@ -985,7 +1244,7 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
       options: CallOptions = {},
     ) {
       const path = `${checkType(resourceType)}/${checkId(id, 'id')}/_history/${checkId(versionId, 'versionId')}`;
-      return (await executeRead(prepare(target, context, 'GET', path, undefined, undefined, {}, options))) as EhrResponse<T>;
+      return (await executeRead(prepare(target, context, 'GET', path, undefined, undefined, NO_HEADERS, options))) as EhrResponse<T>;
     },
 
     async search(target, context, resourceType, params, options = {}) {
@@ -993,8 +1252,8 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
       const query = toSearchParams(params);
       const call =
         options.method === 'POST'
-          ? prepare(target, context, 'POST', `${type}/_search`, undefined, { form: query }, {}, options)
-          : prepare(target, context, 'GET', type, query, undefined, {}, options);
+          ? prepare(target, context, 'POST', `${type}/_search`, undefined, { form: query }, NO_HEADERS, options)
+          : prepare(target, context, 'GET', type, query, undefined, NO_HEADERS, options);
       const answer = await executeRead(call);
       if (answer.body.resourceType !== 'Bundle') {
         throw failureError(call, 'EHR_RESPONSE_INVALID', answer.attempts, { status: answer.status, reason: 'not-a-bundle' });
@@ -1031,7 +1290,7 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
         seen.add(next);
         const path = nextPath(next, resolved, target.baseUrl);
         const { method: _method, ...callOptions } = options;
-        const call = finishPrepare(resolved, context, 'GET', path, info, undefined, {}, callOptions);
+        const call = finishPrepare(resolved, context, 'GET', path, info, undefined, NO_HEADERS, callOptions);
         const answer = await executeRead(call);
         if (answer.body.resourceType !== 'Bundle') {
           throw new TetherError('EHR_RESPONSE_INVALID', 'A search page is not a Bundle.', { details: { tenant: resolved.tenantId, resourceType } });
@@ -1058,7 +1317,7 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
     },
 
     async delete(target, context, resourceType, id, options = {}) {
-      const call = prepare(target, context, 'DELETE', `${checkType(resourceType)}/${checkId(id, 'id')}`, undefined, undefined, {}, options);
+      const call = prepare(target, context, 'DELETE', `${checkType(resourceType)}/${checkId(id, 'id')}`, undefined, undefined, NO_HEADERS, options);
       return executeWrite(call);
     },
 

@@ -21,6 +21,21 @@ async function grantOrder(limiter: PriorityLimiter, labels: string[]): Promise<s
 }
 
 describe('per-tenant concurrency with priorities', () => {
+  it('tryAcquire takes a free slot without a Promise, and never one a waiter is queued for', async () => {
+    const limiter = new PriorityLimiter(1, 5);
+    const release = limiter.tryAcquire();
+    expect(release).toBeTypeOf('function');
+    expect(limiter.tryAcquire()).toBeUndefined();
+    const waiter = limiter.acquire('batch', never(), 0);
+    release?.();
+    // The freed slot went to the waiter: a newcomer does not overtake it.
+    expect(limiter.tryAcquire()).toBeUndefined();
+    const granted = await waiter;
+    expect(granted.waited).toBe(true);
+    granted.release();
+    expect(limiter.tryAcquire()).toBeTypeOf('function');
+  });
+
   it('grants free slots at once, then queues', async () => {
     const limiter = new PriorityLimiter(2, 5);
     const a = await limiter.acquire('batch', never(), 0);

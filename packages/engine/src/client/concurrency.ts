@@ -58,6 +58,16 @@ export class PriorityLimiter {
   }
 
   /**
+   * Takes a free slot at once, without a Promise, when nobody waits (rule 3: never ahead of a waiter).
+   * `undefined`: the caller must {@link acquire} and wait.
+   */
+  tryAcquire(): Release | undefined {
+    if (this.#inFlight >= this.#max || this.waiting !== 0) return undefined;
+    this.#inFlight++;
+    return this.#releaser();
+  }
+
+  /**
    * Waits for a slot.
    *
    * @param now - epoch ms, recorded for the `queue:waited` event.
@@ -66,10 +76,8 @@ export class PriorityLimiter {
    */
   acquire(priority: Priority, signal: CancelSignal, now: number): Promise<{ release: Release; waited: boolean; enqueuedAt: number }> {
     if (signal.aborted) return Promise.reject(signal.reason);
-    if (this.waiting === 0 && this.#inFlight < this.#max) {
-      this.#inFlight++;
-      return Promise.resolve({ release: this.#releaser(), waited: false, enqueuedAt: now });
-    }
+    const release = this.tryAcquire();
+    if (release) return Promise.resolve({ release, waited: false, enqueuedAt: now });
     return new Promise((resolve, reject) => {
       const onAbort = (): void => {
         const queue = this.#queues[priority];

@@ -122,6 +122,8 @@ export class ClientEvents {
   readonly #emitter: TypedEmitter<EhrClientEventMap>;
   readonly #sink: ((event: EhrClientEvent) => void) | undefined;
   readonly #logger: ClientLogger;
+  /** Listeners per event (mirroring the emitter's sets), so that an event nobody hears costs nothing. */
+  readonly #subscribed = new Map<EhrClientEventName, Set<unknown>>();
 
   constructor(sink: ((event: EhrClientEvent) => void) | undefined, logger: ClientLogger) {
     this.#sink = sink;
@@ -131,10 +133,30 @@ export class ClientEvents {
 
   /** Subscribes; returns the function that unsubscribes. */
   on<K extends EhrClientEventName>(name: K, fn: EhrClientListener<K>): () => void {
-    return this.#emitter.on(name, fn);
+    const off = this.#emitter.on(name, fn);
+    let set = this.#subscribed.get(name);
+    if (!set) {
+      set = new Set();
+      this.#subscribed.set(name, set);
+    }
+    set.add(fn);
+    const mirror = set;
+    return () => {
+      off();
+      mirror.delete(fn);
+    };
+  }
+
+  /**
+   * Whether anyone receives `name` (the `onEvent` sink or a listener). Hot paths check this before they build a
+   * payload: the client emits one `http:response` per attempt, and most deployments listen to few events.
+   */
+  wants(name: EhrClientEventName): boolean {
+    return this.#sink !== undefined || (this.#subscribed.get(name)?.size ?? 0) > 0;
   }
 
   emit<K extends EhrClientEventName>(name: K, payload: EhrClientEventMap[K]): void {
+    if (!this.wants(name)) return;
     const frozen = Object.freeze({ ...payload }) as EhrClientEventMap[K];
     if (this.#sink) {
       try {

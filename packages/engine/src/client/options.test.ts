@@ -62,4 +62,20 @@ describe('client options', () => {
     expect(() => resolveClientOptions({ tokenProvider, timers: {} } as unknown as EhrClientOptions)).toThrow(/'timers'/);
     expect(() => resolveClientOptions({ tokenProvider, logger: { debug() {} } } as unknown as EhrClientOptions)).toThrow(/'logger.info'/);
   });
+
+  it('makes random ids by default: UUID v4 correlation ids, 32-hex trace ids, 16-hex span ids, all distinct', () => {
+    const { ids } = resolveClientOptions({ tokenProvider });
+    const seen = new Set<string>();
+    const variants = new Set<string>();
+    for (let i = 0; i < 5000; i++) {
+      const correlationId = ids.correlationId();
+      expect(correlationId).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+      expect(ids.traceId()).toMatch(/^[0-9a-f]{32}$/);
+      expect(ids.spanId()).toMatch(/^[0-9a-f]{16}$/);
+      seen.add(correlationId);
+      variants.add(correlationId.charAt(19));
+    }
+    expect(seen.size).toBe(5000);
+    expect(variants).toEqual(new Set(['8', '9', 'a', 'b']));
+  });
 });

@@ -94,6 +94,11 @@ export interface ClientLogger {
   info(fields: Record<string, unknown>, msg: string): void;
   warn(fields: Record<string, unknown>, msg: string): void;
   error(fields: Record<string, unknown>, msg: string): void;
+  /**
+   * Optional (pino has it): whether `level` is logged. The client asks before it builds the fields of its
+   * per-attempt `debug` line, so a logger at `info` costs nothing per request.
+   */
+  isLevelEnabled?(level: string): boolean;
 }
 
 /** Options of the undici `Pool` the client creates for an origin (what the default factory passes to `Pool`). */
@@ -108,7 +113,7 @@ export interface PoolSettings {
 /** Creates the dispatcher (normally an undici `Pool`) for one origin such as `https://fhir.example.org`. */
 export type DispatcherFactory = (origin: string, settings: PoolSettings) => Dispatcher;
 
-/** Sources of identifiers (default: `crypto.randomUUID` and `crypto.getRandomValues`). */
+/** Sources of identifiers (default: random bytes from `crypto.getRandomValues`, pooled). */
 export interface IdSource {
   /** A new correlation id (default: a UUID v4). */
   correlationId(): string;
@@ -191,7 +196,11 @@ export interface EhrClientOptions extends EhrClientSettings {
   readonly clock?: () => number;
   /** Uniform random number in [0, 1) for backoff jitter. Default `Math.random`. */
   readonly random?: () => number;
-  /** Timers used for deadlines, per-attempt timeouts and the default `sleep`. Default: the global timers. */
+  /**
+   * Timers used for deadlines, per-attempt timeouts and the default `sleep`. Default: the global timers, on which
+   * the client keeps its deadlines and attempt budgets in one heap under a single Node timer (`DeadlineTimers`).
+   * Injected timers are used as given.
+   */
   readonly timers?: ClientTimers;
   /**
    * Waits `ms` milliseconds (backoff, Retry-After, local rate limit). Must reject (or resolve early) when `signal`
@@ -211,7 +220,7 @@ export interface EhrClientOptions extends EhrClientSettings {
   readonly logger?: ClientLogger;
   /** Receives every event (see {@link EhrClientEventMap}); `client.on()` is the per-event alternative. */
   readonly onEvent?: (event: EhrClientEvent) => void;
-  /** Identifier sources. Default: `node:crypto`. */
+  /** Identifier sources. Default: UUID v4 correlation ids and random hex trace/span ids from pooled `crypto.getRandomValues` bytes. */
   readonly ids?: Partial<IdSource>;
 }
 
@@ -225,11 +234,15 @@ export interface ResolvedClientOptions {
   readonly clock: () => number;
   readonly random: () => number;
   readonly timers: ClientTimers;
+  /** Whether `timers` are the global ones (not injected): the client may then batch its timeouts on one timer. */
+  readonly globalTimers: boolean;
   readonly sleep: (ms: number, signal: AbortSignal) => Promise<void>;
   readonly dispatcherFactory: DispatcherFactory;
   readonly breakerFactory: (() => IBreaker) | undefined;
   readonly rateLimiter: RateLimiter | undefined;
   readonly logger: ClientLogger;
+  /** Whether the logger logs `debug` now (false without a logger; asks `isLevelEnabled` when it has one). */
+  readonly logsDebug: () => boolean;
   readonly onEvent: ((event: EhrClientEvent) => void) | undefined;
   readonly ids: IdSource;
 }
@@ -292,21 +305,45 @@ function sleepOn(timers: ClientTimers): (ms: number, signal: AbortSignal) => Pro
 }
 
 /**
- * Random hex ids from a pool of random bytes refilled 4 KiB at a time: one `getRandomValues` call per ~170 calls
- * instead of two per call (trace and span ids), which was the single largest cost of a read in the client
- * benchmark. Node's own `randomUUID` pools its entropy the same way.
+ * Random ids from one pool: 4 KiB from `crypto.getRandomValues`, turned into 8192 hex digits at once, then handed
+ * out in slices. Per read that is no native call at all (a refill serves ~100 reads), where one `randomUUID` and
+ * two `Buffer#toString('hex')` per read were ~4% of the client's CPU in the benchmark profile.
+ *
+ * Ids that outlive the call (the correlation id and trace id in every response) are assembled from pieces of at
+ * most 12 characters, which V8 copies, so that they never pin the pool string in memory.
  */
 const RANDOM_POOL_BYTES = 4096;
 const randomPool = Buffer.alloc(RANDOM_POOL_BYTES);
-let randomOffset = RANDOM_POOL_BYTES;
-function hex(bytes: number): string {
-  if (randomOffset + bytes > RANDOM_POOL_BYTES) {
+let hexPool = '';
+let hexOffset = 0;
+function hexDigits(count: number): number {
+  if (hexOffset + count > hexPool.length) {
     crypto.getRandomValues(randomPool);
-    randomOffset = 0;
+    hexPool = randomPool.toString('hex');
+    hexOffset = 0;
   }
-  const out = randomPool.toString('hex', randomOffset, randomOffset + bytes);
-  randomOffset += bytes;
-  return out;
+  const at = hexOffset;
+  hexOffset += count;
+  return at;
+}
+/** RFC 9562 variant bits (10xx) for the 17th hex digit of a UUID. */
+const UUID_VARIANT = '89ab89ab89ab89ab';
+/** A random UUID v4 (RFC 9562 §5.4), lower case. */
+function randomUuid(): string {
+  const i = hexDigits(32);
+  const h = hexPool;
+  const variant = UUID_VARIANT[parseInt(h[i + 16] as string, 16)] as string;
+  return `${h.slice(i, i + 8)}-${h.slice(i + 8, i + 12)}-4${h.slice(i + 13, i + 16)}-${variant}${h.slice(i + 17, i + 20)}-${h.slice(i + 20, i + 32)}`;
+}
+/** 16 random bytes as 32 hex digits (a W3C trace id). */
+function randomTraceId(): string {
+  const i = hexDigits(32);
+  return hexPool.slice(i, i + 12) + hexPool.slice(i + 12, i + 24) + hexPool.slice(i + 24, i + 32);
+}
+/** 8 random bytes as 16 hex digits (a W3C span id; only ever sent, never kept, so a slice is fine). */
+function randomSpanId(): string {
+  const i = hexDigits(16);
+  return hexPool.slice(i, i + 16);
 }
 
 /**
@@ -347,10 +384,13 @@ export function resolveClientOptions(input: EhrClientOptions): ResolvedClientOpt
     writeNotAppliedStatuses: Object.freeze([...settings.writeNotAppliedStatuses]) as number[],
   });
   const timers = input.timers ?? GLOBAL_TIMERS;
+  const logger = input.logger;
+  const logsDebug =
+    logger === undefined ? () => false : typeof logger.isLevelEnabled === 'function' ? () => logger.isLevelEnabled?.('debug') === true : () => true;
   const ids: IdSource = {
-    correlationId: input.ids?.correlationId ?? (() => crypto.randomUUID()),
-    traceId: input.ids?.traceId ?? (() => hex(16)),
-    spanId: input.ids?.spanId ?? (() => hex(8)),
+    correlationId: input.ids?.correlationId ?? randomUuid,
+    traceId: input.ids?.traceId ?? randomTraceId,
+    spanId: input.ids?.spanId ?? randomSpanId,
   };
   return Object.freeze({
     settings: frozenSettings,
@@ -358,11 +398,13 @@ export function resolveClientOptions(input: EhrClientOptions): ResolvedClientOpt
     clock: input.clock ?? Date.now,
     random: input.random ?? Math.random,
     timers,
+    globalTimers: input.timers === undefined,
     sleep: input.sleep ?? sleepOn(timers),
     dispatcherFactory: input.dispatcherFactory ?? defaultDispatcherFactory,
     breakerFactory: input.breakerFactory,
     rateLimiter: input.rateLimiter,
     logger: input.logger ?? NOOP_LOGGER,
+    logsDebug,
     onEvent: input.onEvent,
     ids: Object.freeze(ids),
   });

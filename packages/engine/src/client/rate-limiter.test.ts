@@ -27,6 +27,16 @@ describe('in-process token bucket', () => {
     expect((await limiter.take('ehr:b', limit, 0)).allowed).toBe(true);
     expect(await limiter.take('ehr:a', limit, 0, 2)).toEqual({ allowed: false, waitMs: 2000 });
   });
+
+  it('takeSync decides exactly as take, without a Promise, on the same buckets', async () => {
+    const limiter = inProcessRateLimiter();
+    const limit = { capacity: 2, refillPerSecond: 1 };
+    expect(limiter.takeSync?.('ehr:a', limit, 0)).toEqual({ allowed: true, waitMs: 0 });
+    expect(await limiter.take('ehr:a', limit, 0)).toEqual({ allowed: true, waitMs: 0 });
+    expect(limiter.takeSync?.('ehr:a', limit, 0)).toEqual({ allowed: false, waitMs: 1000 });
+    expect(await limiter.take('ehr:a', limit, 0)).toEqual({ allowed: false, waitMs: 1000 });
+    expect(limiter.takeSync?.('ehr:a', limit, 1000)).toEqual({ allowed: true, waitMs: 0 });
+  });
 });
 
 describe('storeRateLimiter', () => {

@@ -25,6 +25,12 @@ export interface RateLimiter {
    * @param cost - tokens to take; default 1.
    */
   take(key: string, limit: RateLimit, now: number, cost?: number): Promise<RateLimitDecision>;
+  /**
+   * The same decision without a Promise, for limiters that decide in memory ({@link inProcessRateLimiter}). The
+   * client prefers it when present: it is asked before every request, and an await per request is measurable.
+   * A limiter that must do I/O (the store's) leaves it out.
+   */
+  takeSync?(key: string, limit: RateLimit, now: number, cost?: number): RateLimitDecision;
 }
 
 /**
@@ -40,6 +46,8 @@ interface Bucket {
   updatedAt: number;
 }
 
+const ALLOWED: RateLimitDecision = Object.freeze({ allowed: true, waitMs: 0 });
+
 /** How long an idle bucket is kept before it is forgotten (it would be full again by then anyway). */
 const IDLE_BUCKET_MS = 10 * 60_000;
 
@@ -50,26 +58,31 @@ const IDLE_BUCKET_MS = 10 * 60_000;
 export function inProcessRateLimiter(): RateLimiter {
   const buckets = new Map<string, Bucket>();
   let lastSweep = 0;
-  return {
-    take(key, limit, now, cost = 1) {
-      if (now - lastSweep > IDLE_BUCKET_MS) {
-        lastSweep = now;
-        for (const [k, b] of buckets) if (now - b.updatedAt > IDLE_BUCKET_MS) buckets.delete(k);
-      }
-      const bucket = buckets.get(key) ?? { tokens: limit.capacity, updatedAt: now };
-      const elapsed = Math.max(0, now - bucket.updatedAt);
-      bucket.tokens = Math.min(limit.capacity, bucket.tokens + (elapsed * limit.refillPerSecond) / 1000);
-      bucket.updatedAt = Math.max(bucket.updatedAt, now);
+  function takeSync(key: string, limit: RateLimit, now: number, cost = 1): RateLimitDecision {
+    if (now - lastSweep > IDLE_BUCKET_MS) {
+      lastSweep = now;
+      for (const [k, b] of buckets) if (now - b.updatedAt > IDLE_BUCKET_MS) buckets.delete(k);
+    }
+    let bucket = buckets.get(key);
+    if (!bucket) {
+      bucket = { tokens: limit.capacity, updatedAt: now };
       buckets.set(key, bucket);
-      // A cost above the capacity could never be paid; treat it as "the whole bucket".
-      const needed = Math.min(cost, limit.capacity);
-      if (bucket.tokens >= needed) {
-        bucket.tokens -= needed;
-        return Promise.resolve({ allowed: true, waitMs: 0 });
-      }
-      const waitMs = Math.ceil(((needed - bucket.tokens) * 1000) / limit.refillPerSecond);
-      return Promise.resolve({ allowed: false, waitMs: Math.max(1, waitMs) });
-    },
+    }
+    const elapsed = Math.max(0, now - bucket.updatedAt);
+    bucket.tokens = Math.min(limit.capacity, bucket.tokens + (elapsed * limit.refillPerSecond) / 1000);
+    bucket.updatedAt = Math.max(bucket.updatedAt, now);
+    // A cost above the capacity could never be paid; treat it as "the whole bucket".
+    const needed = Math.min(cost, limit.capacity);
+    if (bucket.tokens >= needed) {
+      bucket.tokens -= needed;
+      return ALLOWED;
+    }
+    const waitMs = Math.ceil(((needed - bucket.tokens) * 1000) / limit.refillPerSecond);
+    return { allowed: false, waitMs: Math.max(1, waitMs) };
+  }
+  return {
+    takeSync,
+    take: (key, limit, now, cost) => Promise.resolve(takeSync(key, limit, now, cost)),
   };
 }
 

@@ -22,6 +22,8 @@ export interface TraceContext {
 
 const TRACEPARENT = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$/;
 const ALL_ZERO = /^0+$/;
+/** All zeros (invalid as a trace or span id). The first-character test spares the regex on almost every id. */
+const isAllZero = (id: string): boolean => id.charCodeAt(0) === 48 && ALL_ZERO.test(id);
 /** Correlation ids go into headers and logs: a conservative token alphabet keeps header injection out. */
 const CORRELATION_ID = /^[A-Za-z0-9._:@-]{1,128}$/;
 
@@ -47,15 +49,20 @@ export function startTrace(parent: string | undefined, ids: IdSource): TraceCont
   if (parsed) return parsed;
   let traceId = ids.traceId();
   // A (vanishingly unlikely, or injected) all-zero id is invalid; replace it rather than send it.
-  if (ALL_ZERO.test(traceId)) traceId = `${traceId.slice(0, 31)}1`;
+  if (isAllZero(traceId)) traceId = `${traceId.slice(0, 31)}1`;
   // Not sampled: this client records no spans itself; a caller with a tracer passes its own traceparent.
   return { traceId, parentSpanId: undefined, flags: '00' };
 }
 
+/** The span id of one attempt: fresh, never all zero. */
+export function attemptSpanId(ids: IdSource): string {
+  const spanId = ids.spanId();
+  return isAllZero(spanId) ? `${spanId.slice(0, 15)}1` : spanId;
+}
+
 /** The `traceparent` of one attempt: the call's trace id, a fresh span id. */
 export function attemptTraceparent(trace: TraceContext, ids: IdSource): { header: string; spanId: string } {
-  let spanId = ids.spanId();
-  if (ALL_ZERO.test(spanId)) spanId = `${spanId.slice(0, 15)}1`;
+  const spanId = attemptSpanId(ids);
   return { header: `00-${trace.traceId}-${spanId}-${trace.flags}`, spanId };
 }
 

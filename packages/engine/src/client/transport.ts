@@ -26,7 +26,11 @@ export interface TransportRequest {
   readonly method: HttpMethod;
   /** Origin-relative path with query, sent verbatim. */
   readonly path: string;
-  readonly headers: Readonly<Record<string, string>>;
+  /**
+   * Request headers as undici's flat list `[name, value, name, value, ...]` (lower-case names). undici accepts an
+   * object too; the list spares it an `Object.keys` per request.
+   */
+  readonly headers: readonly string[];
   readonly body: Buffer | undefined;
   readonly headersTimeoutMs: number;
   readonly bodyTimeoutMs: number;
@@ -92,109 +96,134 @@ export function failureReasonOf(err: unknown, sent: boolean): FailureReason {
  */
 export function sendOnce(dispatcher: Dispatcher, request: TransportRequest, timers: TransportTimers): Promise<TransportResult> {
   return new Promise<TransportResult>((resolve) => {
-    let settled = false;
-    let started = false;
-    /** Set when we gave up before `onRequestStart`: the request must then never be written. */
-    let cancelled: Error | undefined;
-    let controller: Dispatcher.DispatchController | undefined;
-    let status = 0;
-    let headers: IncomingHttpHeaders = {};
-    const chunks: Buffer[] = [];
-    let size = 0;
-
-    const finish = (result: TransportResult): void => {
-      if (settled) return;
-      settled = true;
-      timers.clearTimeout(timer);
-      request.signal.removeEventListener('abort', onSignal);
-      resolve(result);
-    };
-
-    const fail = (err: unknown): void => {
-      const reason = failureReasonOf(err, started);
-      if (status >= 200) finish({ kind: 'body-failed', status, headers, reason, cause: err });
-      else finish({ kind: 'failed', sent: started, reason, cause: err });
-    };
-
-    const giveUp = (err: CallAbort): void => {
-      if (settled) return;
-      if (!started) {
-        // Not on the wire yet (queued in the pool, or still connecting): resolve now, and make sure it never is.
-        cancelled = err;
-        fail(err);
-        return;
-      }
-      // On the wire: abort it; undici reports back through onResponseError, which settles.
-      controller?.abort(err);
-      // Belt and braces: if undici had already finished, settle anyway.
-      fail(err);
-    };
-
-    const onSignal = (): void => {
-      const reason: unknown = request.signal.reason;
-      giveUp(reason instanceof CallAbort ? reason : new CallAbort('aborted'));
-    };
-
-    const timer = timers.setTimeout(() => giveUp(new CallAbort(request.timeoutReason)), Math.max(0, request.timeoutMs));
+    const attempt = new Attempt(request, timers, resolve);
     if (request.signal.aborted) {
-      onSignal();
+      attempt.onSignal();
       return;
     }
-    request.signal.addEventListener('abort', onSignal, { once: true });
-
-    const handler: Dispatcher.DispatchHandler = {
-      onRequestStart(ctrl) {
-        controller = ctrl;
-        if (cancelled !== undefined || settled) {
-          // We already answered "not sent" for this request: abort before undici writes a single byte.
-          ctrl.abort(cancelled ?? new CallAbort('aborted'));
-          return;
-        }
-        started = true;
-      },
-      onResponseStart(_ctrl, statusCode, responseHeaders) {
-        // 1xx informational responses precede the final one.
-        if (statusCode < 200) return;
-        status = statusCode;
-        headers = responseHeaders;
-      },
-      onResponseData(ctrl, chunk) {
-        size += chunk.length;
-        if (size > request.maxResponseBytes) {
-          ctrl.abort(new CallAbort('body-too-large'));
-          return;
-        }
-        chunks.push(chunk);
-      },
-      onResponseEnd() {
-        if (status === 0) {
-          finish({ kind: 'failed', sent: true, reason: 'network', cause: new Error('response ended without a status') });
-          return;
-        }
-        finish({ kind: 'response', status, headers, body: Buffer.concat(chunks, size) });
-      },
-      onResponseError(_ctrl, err) {
-        fail(err);
-      },
-    };
-
+    request.signal.addEventListener('abort', attempt.onSignal, { once: true });
     try {
       dispatcher.dispatch(
         {
           path: request.path,
           method: request.method,
-          headers: request.headers,
+          headers: request.headers as string[],
           body: request.body ?? null,
           headersTimeout: request.headersTimeoutMs,
           bodyTimeout: request.bodyTimeoutMs,
           // Only reads are idempotent. Irrelevant without pipelining, but says what we mean.
           idempotent: request.method === 'GET',
         },
-        handler,
+        attempt,
       );
     } catch (err) {
       // Synchronous refusal (closed pool, invalid argument): nothing was written.
-      fail(err);
+      attempt.fail(err);
     }
   });
+}
+
+const EMPTY_BODY = Buffer.alloc(0);
+
+/**
+ * The undici handler of one attempt, and its state. A class (methods on the prototype) rather than a closure per
+ * callback: one is made for every request.
+ */
+class Attempt implements Dispatcher.DispatchHandler {
+  readonly #request: TransportRequest;
+  readonly #timers: TransportTimers;
+  readonly #resolve: (result: TransportResult) => void;
+  readonly #timer: unknown;
+  #settled = false;
+  #started = false;
+  /** Set when we gave up before `onRequestStart`: the request must then never be written. */
+  #cancelled: Error | undefined;
+  #controller: Dispatcher.DispatchController | undefined;
+  #status = 0;
+  #headers: IncomingHttpHeaders = {};
+  /** The body: its first chunk, then an array only when there are more (most FHIR reads arrive in one). */
+  #first: Buffer | undefined;
+  #chunks: Buffer[] | undefined;
+  #size = 0;
+
+  constructor(request: TransportRequest, timers: TransportTimers, resolve: (result: TransportResult) => void) {
+    this.#request = request;
+    this.#timers = timers;
+    this.#resolve = resolve;
+    this.#timer = timers.setTimeout(() => this.#giveUp(new CallAbort(request.timeoutReason)), Math.max(0, request.timeoutMs));
+  }
+
+  /** The signal's abort listener (an arrow property: it is passed around as a function). */
+  readonly onSignal = (): void => {
+    const reason: unknown = this.#request.signal.reason;
+    this.#giveUp(reason instanceof CallAbort ? reason : new CallAbort('aborted'));
+  };
+
+  #finish(result: TransportResult): void {
+    if (this.#settled) return;
+    this.#settled = true;
+    this.#timers.clearTimeout(this.#timer);
+    this.#request.signal.removeEventListener('abort', this.onSignal);
+    this.#resolve(result);
+  }
+
+  fail(err: unknown): void {
+    const reason = failureReasonOf(err, this.#started);
+    if (this.#status >= 200) this.#finish({ kind: 'body-failed', status: this.#status, headers: this.#headers, reason, cause: err });
+    else this.#finish({ kind: 'failed', sent: this.#started, reason, cause: err });
+  }
+
+  #giveUp(err: CallAbort): void {
+    if (this.#settled) return;
+    if (!this.#started) {
+      // Not on the wire yet (queued in the pool, or still connecting): resolve now, and make sure it never is.
+      this.#cancelled = err;
+      this.fail(err);
+      return;
+    }
+    // On the wire: abort it; undici reports back through onResponseError, which settles.
+    this.#controller?.abort(err);
+    // Belt and braces: if undici had already finished, settle anyway.
+    this.fail(err);
+  }
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    this.#controller = controller;
+    if (this.#cancelled !== undefined || this.#settled) {
+      // We already answered "not sent" for this request: abort before undici writes a single byte.
+      controller.abort(this.#cancelled ?? new CallAbort('aborted'));
+      return;
+    }
+    this.#started = true;
+  }
+
+  onResponseStart(_controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
+    // 1xx informational responses precede the final one.
+    if (statusCode < 200) return;
+    this.#status = statusCode;
+    this.#headers = headers;
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    this.#size += chunk.length;
+    if (this.#size > this.#request.maxResponseBytes) {
+      controller.abort(new CallAbort('body-too-large'));
+      return;
+    }
+    if (this.#first === undefined) this.#first = chunk;
+    else (this.#chunks ??= [this.#first]).push(chunk);
+  }
+
+  onResponseEnd(): void {
+    if (this.#status === 0) {
+      this.#finish({ kind: 'failed', sent: true, reason: 'network', cause: new Error('response ended without a status') });
+      return;
+    }
+    const body = this.#chunks ? Buffer.concat(this.#chunks, this.#size) : (this.#first ?? EMPTY_BODY);
+    this.#finish({ kind: 'response', status: this.#status, headers: this.#headers, body });
+  }
+
+  onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
+    this.fail(err);
+  }
 }
