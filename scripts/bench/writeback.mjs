@@ -51,7 +51,8 @@ async function waitSettled(store, tenantId, total, deadlineMs) {
 }
 
 export async function run(argv) {
-  const o = parseArgs(argv, { commands: 2000, concurrency: 16, json: undefined, record: false });
+  const o = parseArgs(argv, { commands: 2000, concurrency: 16, submitters: 16, slots: 16, pool: 8, warmup: 500, json: undefined, record: false, keep: false, subjects: 'direct,sqlite,sqlite-serial,postgres-2' });
+  const subjects = new Set(String(o.subjects).split(','));
   const dir = mkdtempSync(join(tmpdir(), 'tether-bench-wb-'));
   const { publicKey, privateKey } = await generateKeyPair('ES384', { extractable: true });
   const scope = 'system/Observation.cruds';
@@ -65,12 +66,12 @@ export async function run(argv) {
   const results = [];
   // Run in reverse order: stop the sandbox (and wait for it), then remove the directory.
   const cleanups = [
-    () => rmSync(dir, { recursive: true, force: true }),
+    () => (o.keep ? console.error(`evidence kept in ${dir}`) : rmSync(dir, { recursive: true, force: true })),
     () => new Promise((resolve) => { sandbox.once('exit', resolve); sandbox.kill('SIGTERM'); }),
   ];
   try {
     // (a) direct: creates with an undici Pool and a static token.
-    {
+    if (subjects.has('direct')) {
       const store = createStore({ kind: 'sqlite', path: ':memory:' });
       await store.migrate();
       const broker = new TokenBroker({ store, keyring });
@@ -79,47 +80,49 @@ export async function run(argv) {
       await store.close();
       const base = new URL(fhirBaseUrl);
       const pool = new Pool(base.origin, { connections: o.concurrency });
-      const r = await closedLoop({
-        total: o.commands,
-        concurrency: o.concurrency,
-        fn: async (i) => {
-          const res = await pool.request({ method: 'POST', path: `${base.pathname}/Observation`, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/fhir+json' }, body: JSON.stringify(observation(i)) });
-          await res.body.dump();
-          if (res.statusCode !== 201) throw new Error(String(res.statusCode));
-        },
-      });
+      const post = async (i) => {
+        const res = await pool.request({ method: 'POST', path: `${base.pathname}/Observation`, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/fhir+json' }, body: JSON.stringify(observation(i)) });
+        await res.body.dump();
+        if (res.statusCode !== 201) throw new Error(String(res.statusCode));
+      };
+      // Warm-up (not measured): the sandbox's JIT and the pool's connections, so that direct is not measured cold.
+      await closedLoop({ total: o.warmup, concurrency: o.concurrency, fn: (i) => post(1_000_000 + i) });
+      const r = await closedLoop({ total: o.commands, concurrency: o.concurrency, fn: post });
       await pool.close();
       results.push({ subject: 'direct', ops: r.ops, errors: r.errors, opsPerSec: round(r.opsPerSec), p50Ms: round(r.p50Ms, 2), p99Ms: round(r.p99Ms, 2) });
     }
 
     // (b) SQLite, one process: submit everything (measuring submit→durable), the worker delivers to `verified`.
-    {
-      const store = createStore({ kind: 'sqlite', path: join(dir, 'wb.db') });
+    // `sqlite`: `submitters` concurrent submissions (an API serving that many requests at once); `sqlite-serial`: one
+    // submission after the other, where submit→durable is one commit each (the latency target is defined there).
+    for (const [subject, submitters] of [['sqlite', o.submitters], ['sqlite-serial', 1]]) {
+      if (!subjects.has(subject)) continue;
+      const store = createStore({ kind: 'sqlite', path: join(dir, `${subject}.db`) });
       await store.migrate();
       const broker = new TokenBroker({ store, keyring });
       await new TenantService({ store, keyring, broker }).register({ id: 'wb', fhirBaseUrl, environment: 'sandbox', authMethod: 'backend-services', clientId: 'wb', scopes: scope, privateJwk });
-      const client = createEhrClient({ tokenProvider: broker, rateLimit: null, concurrency: o.concurrency });
-      const worker = new WritebackWorker({ store, client, concurrency: o.concurrency, pollIntervalMs: 5 });
+      const client = createEhrClient({ tokenProvider: broker, rateLimit: null, concurrency: o.slots });
+      const worker = new WritebackWorker({ store, client, concurrency: o.slots, pollIntervalMs: 5 });
       const t0 = performance.now();
       worker.start();
-      const durable = [];
-      for (let i = 0; i < o.commands; i++) {
-        const s = performance.now();
-        await submitCommand(store, { tenantId: 'wb', context: 'system', action: 'create', resourceType: 'Observation', resource: observation(i), businessKey: `wb-sqlite-${i}`, requestedBy: 'bench' });
-        durable.push(performance.now() - s);
-      }
+      const submitted = await closedLoop({
+        total: o.commands,
+        concurrency: submitters,
+        keepLatencies: true,
+        fn: (i) => submitCommand(store, { tenantId: 'wb', context: 'system', action: 'create', resourceType: 'Observation', resource: observation(i), businessKey: `wb-${subject}-${i}`, requestedBy: 'bench' }),
+      });
+      const durable = submitted.latencies;
       const ok = await waitSettled(store, 'wb', o.commands, 300_000);
       const seconds = (performance.now() - t0) / 1000;
       const verified = (await store.commands.list({ tenantId: 'wb', states: ['verified'], limit: 1 })).length;
       await worker.stop();
       await client.close();
       await store.close();
-      durable.sort((a, b) => a - b);
-      results.push({ subject: 'sqlite', ops: o.commands, errors: ok && verified ? 0 : 1, opsPerSec: round(o.commands / seconds), p50Ms: round(pct(durable, 50), 2), p99Ms: round(pct(durable, 99), 2) });
+      results.push({ subject, ops: o.commands, errors: ok && verified ? 0 : 1, opsPerSec: round(o.commands / seconds), p50Ms: round(pct(durable, 50), 2), p99Ms: round(pct(durable, 99), 2) });
     }
 
     // (c) PostgreSQL, two engine processes (the chaos engine without faults or kills); engine 0 submits.
-    {
+    if (subjects.has('postgres-2')) {
       const admin = process.env.TETHER_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
       const db = `tether_bench_${randomBytes(4).toString('hex')}`;
       const c = new pg.Client({ connectionString: admin });
@@ -132,7 +135,7 @@ export async function run(argv) {
         await d.query(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`);
         await d.end();
       });
-      const storeOptions = { kind: 'postgres', connectionString: admin.replace(/\/[^/]*$/, `/${db}`), poolSize: 8 };
+      const storeOptions = { kind: 'postgres', connectionString: admin.replace(/\/[^/]*$/, `/${db}`), poolSize: o.pool };
       const store = createStore(storeOptions);
       await store.migrate();
       await new TenantService({ store, keyring }).register({ id: 'wb', fhirBaseUrl, environment: 'sandbox', authMethod: 'backend-services', clientId: 'wb', scopes: scope, privateJwk });
@@ -140,7 +143,7 @@ export async function run(argv) {
       writeFileSync(ledger, Array.from({ length: o.commands }, (_, i) => JSON.stringify({ commandId: `wb-${i}`, key: `wb-pg-${i}`, seq: 1, engineAction: 'create', resourceType: 'Observation', resource: observation(i) })).join('\n') + '\n');
       const t0 = performance.now();
       const engines = [0, 1].map((n) =>
-        fork(ENGINE, [JSON.stringify({ store: storeOptions, masterKey, tenantId: 'wb', workerId: `bench-${n}`, concurrency: o.concurrency / 2, leaseMs: 30_000, verifyWindowMs: 2_000, attemptTimeoutMs: 10_000, logFile: join(dir, `engine-${n}.log`), submitLedger: n === 0 ? ledger : null })], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }),
+        fork(ENGINE, [JSON.stringify({ store: storeOptions, masterKey, tenantId: 'wb', workerId: `bench-${n}`, concurrency: Math.max(1, Math.round(o.slots / 2)), clientConcurrency: Math.max(1, Math.round(o.slots / 2)), leaseMs: 30_000, verifyWindowMs: 2_000, attemptTimeoutMs: 10_000, logFile: join(dir, `engine-${n}.log`), submitLedger: n === 0 ? ledger : null, submitConcurrency: o.submitters })], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }),
       );
       await sleep(500);
       // Wait until every command exists and none is open.
@@ -169,8 +172,8 @@ export async function run(argv) {
   } finally {
     for (const c of cleanups.reverse()) await c();
   }
-  const direct = results[0].opsPerSec;
-  const ratios = Object.fromEntries(results.slice(1).map((r) => [`${r.subject}/direct`, round(r.opsPerSec / direct, 2)]));
+  const direct = results.find((r) => r.subject === 'direct')?.opsPerSec ?? NaN;
+  const ratios = Object.fromEntries(results.filter((r) => r.subject !== 'direct').map((r) => [`${r.subject}/direct`, round(r.opsPerSec / direct, 2)]));
   const out = { benchmark: 'writeback', date: new Date().toISOString(), machine: machine(), commands: o.commands, concurrency: o.concurrency, results, ratios };
   console.table(results);
   console.log(ratios);
@@ -179,11 +182,14 @@ export async function run(argv) {
     recordMarkdown(
       'writeback',
       `## Write-back: submit to verified\n\nCommand: \`npm run bench -- writeback --record\`  \nDate: ${out.date.slice(0, 10)}  \nMachine: ${out.machine}  \n` +
-        `Setup: sandbox in its own process (auth on, faults off), ${o.commands.toLocaleString('en')} Observation creates, concurrency ${o.concurrency}. ` +
-        `direct: POSTs through an undici Pool with a static token (no durability, no verification). sqlite: one process submits every command (submit→durable latency measured per call) while a worker delivers them; ops/s counts from the first submit until every command is \`verified\` (create with If-None-Exist, then read-back verification: two EHR calls per command). postgres-2: two engine processes on one PostgreSQL (engine 0 submits), same measure.\n\n` +
+        `Setup: sandbox in its own process (auth on, faults off), ${o.commands.toLocaleString('en')} Observation creates. ` +
+        `direct: POSTs through an undici Pool with a static token, ${o.concurrency} concurrent, after ${o.warmup} unmeasured warm-up POSTs (no durability, no verification). ` +
+        `sqlite: one process, ${o.submitters} concurrent submitters (submit→durable latency measured per call) while a worker with ${o.slots} slots delivers; ops/s counts from the first submit until every command is \`verified\` (create with If-None-Exist; the sandbox profile verifies from the create's answer, so one EHR call per command). ` +
+        `sqlite-serial: the same with one submission after the other (the submit→durable target is defined on this one). ` +
+        `postgres-2: two engine processes on one PostgreSQL (pool ${o.pool} each, ${Math.max(1, Math.round(o.slots / 2))} slots each; engine 0 submits with ${o.submitters} concurrent submitters), same measure.\n\n` +
         `| subject | commands | errors | ops/s | submit→durable p50 ms | p99 ms |\n|---|---|---|---|---|---|\n` +
         results.map((r) => `| ${r.subject} | ${r.ops} | ${r.errors} | ${r.opsPerSec} | ${r.subject === 'direct' ? `(request ${r.p50Ms})` : r.p50Ms ?? '—'} | ${r.subject === 'direct' ? `(request ${r.p99Ms})` : r.p99Ms ?? '—'} |`).join('\n') +
-        `\n\nRatios: ${Object.entries(ratios).map(([k, v]) => `${k} = **${v}**`).join('; ')} (target ≥ 0.8 on both stores; submit→durable p99 ≤ 5 ms on SQLite).\n`,
+        `\n\nRatios: ${Object.entries(ratios).map(([k, v]) => `${k} = **${v}**`).join('; ')} (target ≥ 0.8 on both stores; submit→durable p99 ≤ 5 ms on SQLite, serial).\n`,
     );
   }
   if (results.some((r) => r.errors > 0)) process.exitCode = 1;

@@ -29,6 +29,7 @@ const client = createEhrClient({
   deadlineMs: cfg.attemptTimeoutMs * 3,
   maxRetryAfterMs: 10_000,
   rateLimit: null,
+  ...(cfg.clientConcurrency ? { concurrency: cfg.clientConcurrency } : {}),
   onEvent: (event) => log(`client:${event.name}`, event.payload),
 });
 const worker = new WritebackWorker({
@@ -49,35 +50,42 @@ log('engine.started', { workerId: cfg.workerId, broken });
 
 if (cfg.submitLedger) {
   const lines = readFileSync(cfg.submitLedger, 'utf8').split('\n').filter(Boolean);
-  for (const line of lines) {
-    const intent = JSON.parse(line);
-    for (let tries = 0; ; tries++) {
-      try {
-        await submitCommand(store, {
-          tenantId: cfg.tenantId,
-          context: 'system',
-          action: intent.engineAction,
-          resourceType: intent.resourceType,
-          resource: intent.resource,
-          businessKey: intent.key,
-          idempotencyKey: intent.commandId,
-          requestedBy: 'chaos-harness',
-          sourceTimestamp: intent.seq,
-        });
-        break;
-      } catch (err) {
-        // 409: the same key is being accepted right now by an earlier incarnation of this process: retry.
-        if (err?.code === 'IDEMPOTENCY_KEY_IN_PROGRESS' && tries < 50) {
-          await new Promise((r) => setTimeout(r, 50));
-          continue;
-        }
-        log('engine.submit-failed', { code: err?.code ?? 'UNKNOWN' });
-        break;
-      }
-    }
-  }
+  // In ledger order, `submitConcurrency` at a time (default 1: one after the other, as the chaos harness does).
+  let next = 0;
+  const submitter = async () => {
+    while (next < lines.length) await submitOne(lines[next++]);
+  };
+  await Promise.all(Array.from({ length: Math.max(1, cfg.submitConcurrency ?? 1) }, submitter));
   submitted = true;
   log('engine.submitted', { commands: lines.length });
+}
+
+async function submitOne(line) {
+  const intent = JSON.parse(line);
+  for (let tries = 0; ; tries++) {
+    try {
+      await submitCommand(store, {
+        tenantId: cfg.tenantId,
+        context: 'system',
+        action: intent.engineAction,
+        resourceType: intent.resourceType,
+        resource: intent.resource,
+        businessKey: intent.key,
+        idempotencyKey: intent.commandId,
+        requestedBy: 'chaos-harness',
+        sourceTimestamp: intent.seq,
+      });
+      break;
+    } catch (err) {
+      // 409: the same key is being accepted right now by an earlier incarnation of this process: retry.
+      if (err?.code === 'IDEMPOTENCY_KEY_IN_PROGRESS' && tries < 50) {
+        await new Promise((r) => setTimeout(r, 50));
+        continue;
+      }
+      log('engine.submit-failed', { code: err?.code ?? 'UNKNOWN' });
+      break;
+    }
+  }
 }
 
 const OPEN_STATES = ['queued', 'in_flight', 'unknown', 'acknowledged', 'retry_wait', 'conflict'];

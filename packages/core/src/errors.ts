@@ -122,6 +122,7 @@ export const ERROR_CATALOGUE = {
   // Store (engine).
   STORE_UNAVAILABLE: spec(C.Transient, T, 503, 'transient', 'The database could not be reached or timed out.'),
   STORE_MIGRATION_FAILED: spec(C.Config, P, 500, 'exception', 'A schema migration failed; the store refuses to start.'),
+  AUDIT_LOG_DAMAGED: spec(C.Internal, P, 500, 'exception', 'The audit log cannot be appended to (its head row is missing): nothing was recorded; run `tether audit verify`.'),
   // Write-back commands (engine).
   COMMAND_INVALID: spec(C.Validation, P, 400, 'invalid', 'A command does not match the command schema (the message names the field, never its value).'),
   COMMAND_NOT_FOUND: spec(C.NotFound, P, 404, 'not-found', 'No command has that id.'),

@@ -3,3 +3,4 @@ export * from './operation-outcome.js';
 export * from './stable-json.js';
 export * from './smart-scopes.js';
 export * from './events.js';
+export * from './audit-chain.js';

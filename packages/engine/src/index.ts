@@ -3,6 +3,7 @@ export * from './auth/index.js';
 export * from './store/index.js';
 export * from './client/index.js';
 export * from './writeback/index.js';
+export * from './audit/index.js';
 export * from './observability/index.js';
 export * from './api/index.js';
 export * from './service/index.js';

@@ -6,6 +6,7 @@ import { startSandbox, type SandboxClientConfig } from '@tether/sandbox';
 import { loadOrCreateDemoClient, loadServiceConfig, startService } from '../service/index.js';
 import { postTokenRequest, signClientAssertion } from '../auth/index.js';
 import { registerRemoteCommands } from './remote.js';
+import { registerAuditCommands } from './audit.js';
 
 /** Exit codes of the `tether` CLI (documented in README and docs/cli.md). */
 export const ExitCode = { Ok: 0, Failure: 1, Usage: 2 } as const;
@@ -204,6 +205,7 @@ export function buildCli(): Command {
     });
 
   registerRemoteCommands(program);
+  registerAuditCommands(program);
   return program;
 }
 

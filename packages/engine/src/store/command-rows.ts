@@ -16,6 +16,8 @@ import type {
   CommandPatch,
   CommandRecord,
   CommandState,
+  CommandStep,
+  LeasedCommand,
   LeaseRequest,
   NewCommand,
   CommandVerification,
@@ -119,6 +121,7 @@ const leaseSchema = z
     leaseMs: z.number().int().min(1).max(24 * 3_600_000),
     limit: z.number().int().min(1).max(MAX_LEASE_BATCH).optional(),
     tenantId: id.optional(),
+    unsafeIgnoreKeyLock: z.boolean().optional(),
   })
   .strict();
 
@@ -138,6 +141,43 @@ export const validateAttempt = (attempt: CommandAttemptRecord): CommandAttemptRe
 export const validateEvent = (event: { kind: string; actor: string; reason: string | null }) => parse(eventSchema, event, 'command event');
 export const validateCommandId = (commandId: string): string => parse(id, commandId, 'command id');
 export const validateActor = (actor: string): string => parse(id, actor, 'actor');
+
+/** Most steps one {@link CommandRepo.transitionSteps} call may apply. */
+export const MAX_TRANSITION_STEPS = 8;
+
+/** An event of a multi-step transition with its states; `null` stands for the state before the first step. */
+export interface PlannedEvent {
+  readonly kind: string;
+  readonly actor: string;
+  readonly reason: string | null;
+  readonly fromState: CommandState | null;
+  readonly toState: CommandState | null;
+}
+
+/**
+ * Validates the steps of a multi-step transition and plans it: the patches merged in order (later fields win)
+ * and, for each step with an event, its from/to states. The first step's `from` is the row's current state, which
+ * only the store knows: `null` here.
+ */
+export function planSteps(steps: readonly CommandStep[]): { patch: CommandPatch; events: PlannedEvent[] } {
+  if (!Array.isArray(steps) || steps.length === 0 || steps.length > MAX_TRANSITION_STEPS) {
+    throw new TetherError('COMMAND_INVALID', `Invalid command steps: between 1 and ${MAX_TRANSITION_STEPS} steps.`);
+  }
+  let patch: CommandPatch = {};
+  let state: CommandState | null = null;
+  const events: PlannedEvent[] = [];
+  for (const step of steps) {
+    const p = validateCommandPatch(step.patch);
+    patch = { ...patch, ...p };
+    const from = state;
+    if (p.state !== undefined) state = p.state;
+    if (step.event) {
+      const e = validateEvent(step.event);
+      events.push({ kind: e.kind, actor: e.actor, reason: e.reason, fromState: from, toState: state });
+    }
+  }
+  return { patch, events };
+}
 
 export function validateFilter(filter: CommandFilter): Required<Pick<CommandFilter, 'limit'>> & CommandFilter {
   const f = parse(filterSchema, filter, 'command filter');
@@ -289,6 +329,25 @@ export function eventFromRow(row: EventRow): CommandEventRecord {
     toState: row.to_state as CommandState | null,
     reason: row.reason,
   };
+}
+
+/**
+ * SQL for "a verified sibling of the row `c` (a table name or alias) is newer than it" (DESIGN §5 step 8: the later source timestamp when both
+ * carry a different one, else the higher generation), the same rule as the worker's. Standard SQL, both dialects.
+ */
+export const newerSiblingVerifiedSql = (c: string): string => `EXISTS (
+    SELECT 1 FROM commands AS newer
+    WHERE newer.tenant_id = ${c}.tenant_id
+      AND newer.business_key = ${c}.business_key
+      AND newer.id <> ${c}.id
+      AND newer.state = 'verified'
+      AND (CASE WHEN newer.source_timestamp IS NOT NULL AND ${c}.source_timestamp IS NOT NULL AND newer.source_timestamp <> ${c}.source_timestamp
+                THEN newer.source_timestamp > ${c}.source_timestamp
+                ELSE newer.generation > ${c}.generation END))`;
+
+/** A leased row: the command plus `newer_sibling_verified` (PostgreSQL: boolean; SQLite: 0/1). */
+export function leasedFromRow(row: CommandRow & { newer_sibling_verified: boolean | number }): LeasedCommand {
+  return { ...commandFromRow(row), newerSiblingVerified: row.newer_sibling_verified === true || row.newer_sibling_verified === 1 };
 }
 
 /** The SQL list `('a', 'b')` of constant state words (from the fixed lists above, never from input). */

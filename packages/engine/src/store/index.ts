@@ -24,5 +24,13 @@ export { type Migration, migrationChecksum } from './migrations/migration.js';
 export { SQLITE_MIGRATIONS } from './migrations/sqlite.js';
 export { POSTGRES_MIGRATIONS } from './migrations/postgres.js';
 export type * from './types.js';
+export {
+  validateAuditEntry,
+  MAX_AUDIT_DETAILS_CHARS,
+  DEFAULT_AUDIT_COPY_LIMIT,
+  MAX_AUDIT_COPY_LIMIT,
+  DEFAULT_AUDIT_LIST_LIMIT,
+  MAX_AUDIT_LIST_LIMIT,
+} from './audit.js';
 // The command states, as the store's CHECK constraints list them (the state machine reuses the same list).
 export { COMMAND_STATE_VALUES, WORKING_STATES as LEASED_WORKING_STATES } from './command-rows.js';

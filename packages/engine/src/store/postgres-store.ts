@@ -4,16 +4,18 @@ import pg from 'pg';
 import { TetherError } from '@tether/core';
 import {
   attemptFromRow,
+  COMMAND_PATCH_COLUMNS,
   commandFromRow,
   eventFromRow,
   idempotentReplay,
+  leasedFromRow,
+  newerSiblingVerifiedSql,
   patchColumns,
+  planSteps,
   sqlStateList,
   validateActor,
   validateAttempt,
   validateCommandId,
-  validateCommandPatch,
-  validateEvent,
   validateFilter,
   validateLease,
   validateNewCommand,
@@ -25,8 +27,9 @@ import {
 } from './command-rows.js';
 import { fromPgError, type ConstraintCodes } from './driver-errors.js';
 import { apiKeyRepo } from './api-keys.js';
+import { auditRepo } from './audit.js';
 import { commandStatsRepo } from './command-stats.js';
-import { numberPlaceholders, type SqlRunner } from './sql-runner.js';
+import { driveAsync, numberPlaceholders, sqlTx, type SqlRunner } from './sql-runner.js';
 import { KeyedMutex, lockTimeoutError } from './keyed-mutex.js';
 import {
   assertMigrationList,
@@ -62,6 +65,7 @@ import {
 } from './records.js';
 import type {
   ApiKeyRepo,
+  AuditRepo,
   CommandStatsRepo,
   CommandAttemptRecord,
   CommandEventRecord,
@@ -69,7 +73,9 @@ import type {
   CommandPatch,
   CommandRecord,
   CommandRepo,
+  CommandStep,
   InsertResult,
+  LeasedCommand,
   LeaseRequest,
   NewCommand,
   NewCommandEvent,
@@ -96,6 +102,26 @@ export function advisoryLockKey(...parts: string[]): string {
 
 /** The key every process takes while migrating, so that two processes starting at once migrate one at a time. */
 export const MIGRATION_LOCK_KEY = advisoryLockKey('tether', 'schema_migrations');
+
+/** Most rounds of one lease call (see {@link PostgresStore} `#lease`). */
+const LEASE_ROUNDS = 3;
+
+/** Single-statement submissions of one business key that lost the race for a generation, before the locked path. */
+const INSERT_FAST_ATTEMPTS = 3;
+/** Then under the key's advisory lock (where only a fast-path submission can still win a generation first). */
+const INSERT_LOCKED_ATTEMPTS = 64;
+
+/** The unique violation of `commands_business_key`: another submission of the key took this generation first. */
+function isGenerationRace(err: unknown): boolean {
+  return err instanceof TetherError && err.code === 'IDEMPOTENCY_KEY_IN_PROGRESS' && (err.cause as { constraint?: unknown } | undefined)?.constraint === 'commands_business_key';
+}
+
+/** A query prepared once per connection under its name (hot paths: no parse and plan per call). */
+interface NamedSql {
+  readonly name: string;
+  readonly text: string;
+}
+const named = (name: string, text: string): NamedSql => ({ name, text });
 
 const INSERT_TENANT = `
 INSERT INTO tenants (
@@ -156,58 +182,108 @@ ON CONFLICT (key) DO NOTHING
 RETURNING key`;
 
 /**
- * Inserts a command with the next generation of its business key. Runs after `pg_advisory_xact_lock` on the
- * business key, so concurrent submissions of one key get generations 1, 2, 3... without a unique violation.
+ * Inserts a command with the next generation of its business key, unless a command with its idempotency key
+ * exists (then that one is returned, `inserted` false), with its `submitted` event. One statement: atomic on its
+ * own. Concurrent submissions of one key may compute the same generation; the unique index makes the later one
+ * fail (the caller tries again, and then under the key's advisory lock), so generations stay 1, 2, 3...
+ *
+ * $1 id, $2 tenant, $3 context, $4 action, $5 resource type, $6 business key, $7 idempotency key, $8 payload hash,
+ * $9 resource, $10 priority, $11 now, $12 ehr version, $13 source timestamp, $14 requested by, $15 deadline,
+ * $16 actor.
  */
-const INSERT_COMMAND = `
-INSERT INTO commands (
-  id, tenant_id, context, action, resource_type, business_key, idempotency_key, payload_hash, resource, priority,
-  state, state_reason, attempts, attempt_seq, budget_started_at, next_attempt_at, lease_owner, lease_expires_at,
-  ehr_id, ehr_version, source_timestamp, generation, requested_by, deadline_at, created_at, updated_at, version
-) VALUES (
-  $1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10,
-  'queued', NULL, 0, 0, $11, $11, NULL, NULL,
-  NULL, $12, $13,
-  (SELECT COALESCE(MAX(generation), 0) + 1 FROM commands WHERE tenant_id = $2 AND business_key = $6),
-  $14, $15, $11, $11, 1
+const INSERT_COMMAND: NamedSql = named('tether:insert-command', `
+WITH existing AS (
+  SELECT * FROM commands WHERE $7::text IS NOT NULL AND tenant_id = $2 AND idempotency_key = $7
+), ins AS (
+  INSERT INTO commands (
+    id, tenant_id, context, action, resource_type, business_key, idempotency_key, payload_hash, resource, priority,
+    state, state_reason, attempts, attempt_seq, budget_started_at, next_attempt_at, lease_owner, lease_expires_at,
+    ehr_id, ehr_version, source_timestamp, generation, requested_by, deadline_at, created_at, updated_at, version
+  )
+  SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text, $9::jsonb, $10::text,
+    'queued', NULL, 0, 0, $11::bigint, $11::bigint, NULL, NULL,
+    NULL, $12::text, $13::bigint,
+    (SELECT COALESCE(MAX(generation), 0) + 1 FROM commands WHERE tenant_id = $2 AND business_key = $6),
+    $14::text, $15::bigint, $11::bigint, $11::bigint, 1
+  WHERE NOT EXISTS (SELECT 1 FROM existing)
+  RETURNING *
+), ev AS (
+  INSERT INTO command_events (command_id, at, kind, actor, from_state, to_state, reason)
+  SELECT id, $11::bigint, 'submitted', $16::text, NULL, 'queued', NULL FROM ins
 )
-RETURNING *`;
+SELECT true AS inserted, ins.* FROM ins
+UNION ALL
+SELECT false AS inserted, existing.* FROM existing`);
 
-const INSERT_EVENT = `
-INSERT INTO command_events (command_id, at, kind, actor, from_state, to_state, reason)
-VALUES ($1, $2, $3, $4, $5, $6, $7)`;
+/** The per-key rule (see the SQLite twin); `$5` true switches it off (sensitivity testing only). */
+const pgKeyFree = (alias: string): string => `($5::boolean OR NOT EXISTS (
+      SELECT 1 FROM commands AS sibling
+      WHERE sibling.tenant_id = ${alias}.tenant_id
+        AND sibling.business_key = ${alias}.business_key
+        AND sibling.id <> ${alias}.id
+        AND sibling.lease_owner IS NOT NULL
+        AND sibling.lease_expires_at > $1))`;
+/** See the SQLite twin's `INTERACTIVE_WINDOW`. */
+const INTERACTIVE_WINDOW = 1_000;
 
 /**
- * Due commands, best first (see the SQLite twin for the rules). `FOR UPDATE SKIP LOCKED`: rows another worker is
- * leasing right now are skipped instead of waited for, so workers never queue behind each other.
+ * Due commands, best first (see the SQLite twin for the rules and the index per branch). Read without row locks:
+ * who leases what is decided by the business keys' advisory locks, and {@link LEASE_MANY} re-checks every row.
+ * (`FOR UPDATE SKIP LOCKED` here kept, until the lease transaction ended, the row lock of a candidate that
+ * another worker had leased meanwhile — its re-check fails, its lock stays — which stalled that worker's next
+ * state transition on the row.) Each branch reads at most `$4` index entries.
  *
- * $1 now, $2 tenant id or NULL, $3 how many candidates to scan.
+ * $1 now, $2 tenant id or NULL, $3 how many candidates, $4 window per branch, $5 unsafe (no key rule).
  */
-const LEASE_CANDIDATES = `
+const LEASE_CANDIDATES: NamedSql = named('tether:lease-candidates', `
 SELECT c.id, c.tenant_id, c.business_key
 FROM commands AS c
-WHERE ((c.state IN ${sqlStateList(WAITING_STATES)} AND c.next_attempt_at <= $1)
+WHERE c.id IN (
+    (SELECT w.id FROM commands AS w
+     WHERE w.state IN ${sqlStateList(WAITING_STATES)} AND w.next_attempt_at <= $1
+       AND ($2::text IS NULL OR w.tenant_id = $2) AND ${pgKeyFree('w')}
+     ORDER BY w.next_attempt_at LIMIT $4)
+    UNION ALL
+    (SELECT i.id FROM (
+        SELECT w.id, w.tenant_id, w.business_key, w.priority FROM commands AS w
+        WHERE w.state IN ${sqlStateList(WAITING_STATES)} AND w.next_attempt_at <= $1
+          AND ($2::text IS NULL OR w.tenant_id = $2)
+        ORDER BY w.next_attempt_at LIMIT ${INTERACTIVE_WINDOW}) AS i
+     WHERE i.priority = 'interactive' AND ${pgKeyFree('i')}
+     LIMIT $4)
+    UNION ALL
+    (SELECT x.id FROM commands AS x
+     WHERE x.lease_owner IS NOT NULL AND x.lease_expires_at <= $1 AND x.state IN ${sqlStateList(WORKING_STATES)}
+       AND ($2::text IS NULL OR x.tenant_id = $2) AND ${pgKeyFree('x')}
+     ORDER BY x.lease_expires_at LIMIT $4)
+    UNION ALL
+    (SELECT n.id FROM commands AS n
+     WHERE n.tenant_id IN (SELECT id FROM tenants) AND n.state IN ${sqlStateList(WORKING_STATES)}
+       AND (n.lease_expires_at IS NULL OR (n.lease_owner IS NULL AND n.lease_expires_at <= $1))
+       AND ($2::text IS NULL OR n.tenant_id = $2) AND ${pgKeyFree('n')}
+     LIMIT $4))
+  AND ((c.state IN ${sqlStateList(WAITING_STATES)} AND c.next_attempt_at <= $1)
     OR (c.state IN ${sqlStateList(WORKING_STATES)} AND (c.lease_expires_at IS NULL OR c.lease_expires_at <= $1)))
-  AND ($2::text IS NULL OR c.tenant_id = $2)
-  AND NOT EXISTS (
-    SELECT 1 FROM commands AS sibling
-    WHERE sibling.tenant_id = c.tenant_id
-      AND sibling.business_key = c.business_key
-      AND sibling.id <> c.id
-      AND sibling.lease_owner IS NOT NULL
-      AND sibling.lease_expires_at > $1)
-ORDER BY CASE c.priority WHEN 'interactive' THEN 0 ELSE 1 END, c.next_attempt_at, c.generation, c.created_at, c.id
-LIMIT $3
-FOR UPDATE OF c SKIP LOCKED`;
+ORDER BY CASE c.priority WHEN 'interactive' THEN 0 ELSE 1 END, c.next_attempt_at, c.generation, c.created_at, c.id COLLATE "C"
+LIMIT $3`);
 
 /**
- * Takes the lease of one candidate, re-checking the per-key rule. The caller holds the transaction-scoped
- * advisory lock of the business key, and this statement's snapshot is taken after it was granted: it sees every
- * lease committed by an earlier holder, so two workers can never both lease commands of one key.
- *
- * $1 id, $2 owner, $3 lease end, $4 now (caller's clock, for liveness), $5 updated_at.
+ * Goes through the candidates' business-key advisory locks ($1, one per key, best first) and takes those that are
+ * free right now (non-blocking, transaction-scoped) until it holds $2 of them; answers which. Stopping there
+ * leaves the rest to other workers leasing at the same moment.
  */
-const LEASE_ONE = `
+const TRY_KEY_LOCKS: NamedSql = named('tether:lease-key-locks', 'SELECT k::text AS k FROM unnest($1::bigint[]) AS k WHERE pg_try_advisory_xact_lock(k) LIMIT $2');
+
+/**
+ * Takes the leases of the candidates whose key lock was granted, re-checking that each is still due (the row as
+ * it is now: another worker may have leased it since the candidates were read) and the per-key rule. The caller
+ * holds the transaction-scoped advisory locks of their business keys, and this statement's snapshot is taken
+ * after they were granted: it sees every lease committed by an earlier holder, so two workers can never both
+ * lease commands of one key. One candidate per key (the caller picks them).
+ *
+ * $1 ids, $2 owner, $3 lease end, $4 now (caller's clock, for liveness), $5 updated_at, $6 unsafe (no key rule).
+ */
+const LEASE_MANY: NamedSql = named('tether:lease', `
 UPDATE commands AS c
 SET state            = CASE WHEN c.state IN ${sqlStateList(WAITING_STATES)} THEN 'in_flight' ELSE c.state END,
     lease_owner      = $2,
@@ -216,15 +292,17 @@ SET state            = CASE WHEN c.state IN ${sqlStateList(WAITING_STATES)} THEN
     attempt_seq      = c.attempt_seq + 1,
     version          = c.version + 1,
     updated_at       = $5
-WHERE c.id = $1
-  AND NOT EXISTS (
+WHERE c.id = ANY($1::text[])
+  AND ((c.state IN ${sqlStateList(WAITING_STATES)} AND c.next_attempt_at <= $4)
+    OR (c.state IN ${sqlStateList(WORKING_STATES)} AND (c.lease_expires_at IS NULL OR c.lease_expires_at <= $4)))
+  AND ($6::boolean OR NOT EXISTS (
     SELECT 1 FROM commands AS sibling
     WHERE sibling.tenant_id = c.tenant_id
       AND sibling.business_key = c.business_key
       AND sibling.id <> c.id
       AND sibling.lease_owner IS NOT NULL
-      AND sibling.lease_expires_at > $4)
-RETURNING *`;
+      AND sibling.lease_expires_at > $4))
+RETURNING c.*, ${newerSiblingVerifiedSql('c')} AS newer_sibling_verified`);
 
 /** $1 id, $2 owner, $3 expected version, $4 now, $5 new lease end, $6 updated_at. */
 const EXTEND_LEASE = `
@@ -232,6 +310,34 @@ UPDATE commands
 SET lease_expires_at = $5, version = version + 1, updated_at = $6
 WHERE id = $1 AND lease_owner = $2 AND version = $3 AND lease_expires_at > $4
 RETURNING *`;
+
+/**
+ * A multi-step transition as ONE statement (one round trip, atomic): the compare-and-swap update, the events of the
+ * steps and the attempt row. `old` reads the state before the update (the statement's snapshot; if the update
+ * matched, the row had `version = $2` then too, since versions only grow). A NULL from/to state in the event arrays
+ * stands for that old state. Patch values follow from $21.
+ *
+ * $1 id, $2 expected version, $3 now, $4-$8 event kinds, actors, from, to, reasons (arrays, in order),
+ * $9-$20 the attempt (all NULL for none).
+ */
+const PATCH_COLUMN_LIST: readonly string[] = Object.values(COMMAND_PATCH_COLUMNS);
+const transitionStepsSql = (sets: string): string => `
+WITH old AS (SELECT state FROM commands WHERE id = $1 AND version = $2),
+upd AS (UPDATE commands SET ${sets}version = version + 1, updated_at = $3 WHERE id = $1 AND version = $2 RETURNING *),
+ev AS (
+  INSERT INTO command_events (command_id, at, kind, actor, from_state, to_state, reason)
+  SELECT $1, $3, e.kind, e.actor, COALESCE(e.from_state, old.state), COALESCE(e.to_state, old.state), e.reason
+  FROM upd, old, unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) WITH ORDINALITY AS e(kind, actor, from_state, to_state, reason, n)
+  ORDER BY e.n),
+att AS (
+  INSERT INTO command_attempts (
+    command_id, n, worker, started_at, ended_at, outcome, error_code, error_category, ehr_status, verification,
+    correlation_id, steps)
+  SELECT $9::text, $10::integer, $11::text, $12::bigint, $13::bigint, $14::text, $15::text, $16::text, $17::integer,
+    $18::text, $19::text, $20::text
+  FROM upd WHERE $9::text IS NOT NULL
+  ON CONFLICT (command_id, n) DO NOTHING)
+SELECT * FROM upd`;
 
 const INSERT_ATTEMPT = `
 INSERT INTO command_attempts (
@@ -258,6 +364,7 @@ export class PostgresStore implements Store {
   readonly rateLimits: RateLimitRepo;
   readonly commands: CommandRepo;
   readonly apiKeys: ApiKeyRepo;
+  readonly audit: AuditRepo;
   readonly commandStats: CommandStatsRepo;
   /** Dialect-neutral access for the simple repos (API keys, audit). */
   readonly #sql: SqlRunner;
@@ -316,6 +423,7 @@ export class PostgresStore implements Store {
       lease: async (request) => this.#lease(request),
       extendLease: async (id, owner, expectedVersion, now, until) => this.#extendLease(id, owner, expectedVersion, now, until),
       transition: async (id, expectedVersion, patch, event) => this.#transition(id, expectedVersion, patch, event),
+      transitionSteps: async (id, expectedVersion, steps, attempt) => this.#transitionSteps(id, expectedVersion, steps, attempt),
       appendAttempt: async (attempt) => this.#appendAttempt(attempt),
       attempts: async (commandId) => this.#attempts(commandId),
       events: async (commandId) => this.#events(commandId),
@@ -332,8 +440,16 @@ export class PostgresStore implements Store {
           throw fromPgError(err, action);
         }
       },
+      transaction: async (action, program) =>
+        this.#transaction(action, async (client) =>
+          driveAsync(program(sqlTx), async (step) => {
+            const result = await client.query(numberPlaceholders(step.sql), [...step.params]);
+            return step.kind === 'all' ? result.rows : (result.rowCount ?? 0);
+          }),
+        ),
     };
     this.apiKeys = apiKeyRepo(this.#sql, this.#clock);
+    this.audit = auditRepo(this.#sql);
     this.commandStats = commandStatsRepo(this.#sql);
   }
 
@@ -404,10 +520,11 @@ export class PostgresStore implements Store {
     if (this.#closed) throw new TetherError('STORE_UNAVAILABLE', 'The store is closed.');
   }
 
-  async #query<R extends pg.QueryResultRow>(action: string, sql: string, params: unknown[] = [], constraints?: ConstraintCodes): Promise<R[]> {
+  /** `sql` may be a named query (`{ name, text }`): prepared once per connection, planned without parsing again. */
+  async #query<R extends pg.QueryResultRow>(action: string, sql: string | NamedSql, params: unknown[] = [], constraints?: ConstraintCodes): Promise<R[]> {
     this.#assertOpen();
     try {
-      return (await this.#pool.query<R>(sql, params)).rows;
+      return (await this.#pool.query<R>(typeof sql === 'string' ? { text: sql, values: params } : { ...sql, values: params })).rows;
     } catch (err) {
       throw fromPgError(err, action, constraints);
     }
@@ -609,7 +726,7 @@ export class PostgresStore implements Store {
    * Runs `fn` in a transaction on one pooled connection. Rolls back on any error; a connection whose rollback
    * fails is destroyed rather than returned to the pool.
    */
-  async #transaction<T>(action: string, fn: (client: pg.PoolClient) => Promise<T>, constraints?: ConstraintCodes): Promise<T> {
+  async #transaction<T>(action: string, fn: (client: pg.PoolClient) => Promise<T>, constraints?: ConstraintCodes, begin = 'BEGIN'): Promise<T> {
     this.#assertOpen();
     let client: pg.PoolClient;
     try {
@@ -619,7 +736,7 @@ export class PostgresStore implements Store {
     }
     let broken = false;
     try {
-      await client.query('BEGIN');
+      await client.query(begin);
       const result = await fn(client);
       await client.query('COMMIT');
       return result;
@@ -636,45 +753,62 @@ export class PostgresStore implements Store {
   async #insertCommand(input: NewCommand, actor: string): Promise<InsertResult> {
     const c = validateNewCommand(input);
     validateActor(actor);
+    const params = (): unknown[] => [
+      c.id,
+      c.tenantId,
+      c.context,
+      c.action,
+      c.resourceType,
+      c.businessKey,
+      c.idempotencyKey,
+      c.payloadHash,
+      JSON.stringify(c.resource),
+      c.priority,
+      this.#clock(),
+      c.ehrVersion,
+      c.sourceTimestamp,
+      c.requestedBy,
+      c.deadlineAt,
+      actor,
+    ];
+    const answer = (row: (CommandRow & { inserted: boolean }) | undefined): InsertResult => {
+      if (!row) throw new TetherError('INTERNAL', 'Command insert returned no row.');
+      if (!row.inserted) return idempotentReplay(commandFromRow(row), c.payloadHash);
+      return { command: commandFromRow(row), created: true };
+    };
+    const constraints: ConstraintCodes = { foreignKey: 'TENANT_NOT_FOUND', unique: 'IDEMPOTENCY_KEY_IN_PROGRESS' };
     try {
-      return await this.#transaction(
-        'insert command',
-        async (client) => {
-          // Serialises submissions of one business key (their generations) until commit; other keys run freely.
-          await client.query('SELECT pg_advisory_xact_lock($1::bigint)', [advisoryLockKey('tether', 'command-key', c.tenantId, c.businessKey)]);
-          if (c.idempotencyKey !== null) {
-            const existing = await client.query<CommandRow>('SELECT * FROM commands WHERE tenant_id = $1 AND idempotency_key = $2', [c.tenantId, c.idempotencyKey]);
-            const row = existing.rows[0];
-            if (row) return idempotentReplay(commandFromRow(row), c.payloadHash);
-          }
-          const now = this.#clock();
-          const inserted = await client.query<CommandRow>(INSERT_COMMAND, [
-            c.id,
-            c.tenantId,
-            c.context,
-            c.action,
-            c.resourceType,
-            c.businessKey,
-            c.idempotencyKey,
-            c.payloadHash,
-            JSON.stringify(c.resource),
-            c.priority,
-            now,
-            c.ehrVersion,
-            c.sourceTimestamp,
-            c.requestedBy,
-            c.deadlineAt,
-          ]);
-          const row = inserted.rows[0];
-          if (!row) throw new TetherError('INTERNAL', 'Command insert returned no row.');
-          await client.query(INSERT_EVENT, [c.id, now, 'submitted', actor, null, 'queued', null]);
-          return { command: commandFromRow(row), created: true };
-        },
-        { foreignKey: 'TENANT_NOT_FOUND', unique: 'IDEMPOTENCY_KEY_IN_PROGRESS' },
-      );
+      // Fast path, one round trip: the statement (idempotency check, insert, event) commits on its own. Two
+      // submissions of one business key racing for the same generation meet at the unique index
+      // (tenant, business key, generation): the later one waits for the earlier's commit, fails, and tries again.
+      for (let attempt = 0; attempt < INSERT_FAST_ATTEMPTS; attempt++) {
+        try {
+          return answer((await this.#query<CommandRow & { inserted: boolean }>('insert command', INSERT_COMMAND, params(), constraints))[0]);
+        } catch (err) {
+          if (!isGenerationRace(err)) throw err;
+        }
+      }
+      // Slow path, for a key submitted by many at once: BEGIN with the key's advisory lock (serialises the
+      // submissions of one key that got here until commit; the key is our own decimal hash, not input), the same
+      // statement, whose snapshot is taken after the lock was granted and so sees every earlier submission of the
+      // key, and COMMIT. A fast-path submission (no lock) can still take the generation first: each such loss means
+      // another submission committed, so this ends.
+      const key = advisoryLockKey('tether', 'command-key', c.tenantId, c.businessKey);
+      for (let attempt = 1; ; attempt++) {
+        try {
+          return await this.#transaction(
+            'insert command',
+            async (client) => answer((await client.query<CommandRow & { inserted: boolean }>({ ...INSERT_COMMAND, values: params() })).rows[0]),
+            constraints,
+            `BEGIN; SELECT pg_advisory_xact_lock(${BigInt(key).toString()})`,
+          );
+        } catch (err) {
+          if (!isGenerationRace(err) || attempt >= INSERT_LOCKED_ATTEMPTS) throw err;
+        }
+      }
     } catch (err) {
-      // A unique violation here is the idempotency index: a submission with the same key but another business key
-      // committed between our check and our insert. Read the winner and answer as if we had seen it.
+      // A unique violation of the idempotency index: a submission with the same key committed between our check
+      // and our insert. Read the winner and answer as if we had seen it.
       if (err instanceof TetherError && err.code === 'IDEMPOTENCY_KEY_IN_PROGRESS' && c.idempotencyKey !== null) {
         const [row] = await this.#query<CommandRow>('insert command', 'SELECT * FROM commands WHERE tenant_id = $1 AND idempotency_key = $2', [c.tenantId, c.idempotencyKey]);
         if (row) return idempotentReplay(commandFromRow(row), c.payloadHash);
@@ -711,20 +845,47 @@ export class PostgresStore implements Store {
     return (await this.#query<CommandRow>('list commands', sql, params)).map(commandFromRow);
   }
 
-  async #lease(request: LeaseRequest): Promise<CommandRecord[]> {
+  async #lease(request: LeaseRequest): Promise<LeasedCommand[]> {
     const r = validateLease(request);
+    const unsafe = r.unsafeIgnoreKeyLock === true;
+    // A fixed number of round trips per round, whatever the batch: candidates, their key locks, one update. A
+    // round that lost candidates to another worker (leased since they were read) is followed by another, with a
+    // fresh read, so that contention does not send this worker to sleep for a poll interval.
     return this.#transaction('lease commands', async (client) => {
-      const candidates = await client.query<{ id: string; tenant_id: string; business_key: string }>(LEASE_CANDIDATES, [r.now, r.tenantId ?? null, r.limit * 4 + 8]);
-      const leased: CommandRecord[] = [];
-      for (const candidate of candidates.rows) {
-        if (leased.length >= r.limit) break;
-        // Non-blocking: if another transaction is leasing (or submitting) this key right now, skip it this round.
-        const key = advisoryLockKey('tether', 'command-key', candidate.tenant_id, candidate.business_key);
-        const locked = await client.query<{ ok: boolean }>('SELECT pg_try_advisory_xact_lock($1::bigint) AS ok', [key]);
-        if (locked.rows[0]?.ok !== true) continue;
-        const updated = await client.query<CommandRow>(LEASE_ONE, [candidate.id, r.owner, r.now + r.leaseMs, r.now, this.#clock()]);
-        const row = updated.rows[0];
-        if (row) leased.push(commandFromRow(row));
+      const leased: LeasedCommand[] = [];
+      const tried = new Set<string>();
+      for (let round = 0; round < LEASE_ROUNDS && leased.length < r.limit; round++) {
+        const want = r.limit - leased.length;
+        const scan = want * 4 + 8;
+        const candidates = await client.query<{ id: string; tenant_id: string; business_key: string }>({ ...LEASE_CANDIDATES, values: [r.now, r.tenantId ?? null, scan, scan * 4, unsafe] });
+        // One candidate per business key, best first (unless the key rule is deliberately off); never a key this
+        // transaction already tried (its lock is ours until commit, and its sibling check is settled).
+        const picked: { id: string; key: string }[] = [];
+        const keys = new Set<string>();
+        for (const candidate of candidates.rows) {
+          const key = advisoryLockKey('tether', 'command-key', candidate.tenant_id, candidate.business_key);
+          if ((keys.has(key) || tried.has(key)) && !unsafe) continue;
+          keys.add(key);
+          picked.push({ id: candidate.id, key });
+        }
+        if (picked.length === 0) break;
+        let chosen = picked;
+        if (!unsafe) {
+          // Non-blocking: a key another transaction is leasing (or submitting) right now is skipped.
+          const locked = new Set((await client.query<{ k: string }>({ ...TRY_KEY_LOCKS, values: [picked.map((p) => p.key), want] })).rows.map((row) => row.k));
+          chosen = picked.filter((p) => locked.has(p.key));
+        }
+        chosen = chosen.slice(0, want);
+        if (chosen.length === 0) break;
+        for (const p of chosen) tried.add(p.key);
+        const updated = await client.query<CommandRow & { newer_sibling_verified: boolean }>({ ...LEASE_MANY, values: [chosen.map((p) => p.id), r.owner, r.now + r.leaseMs, r.now, this.#clock(), unsafe] });
+        const byId = new Map(updated.rows.map((row) => [row.id, row]));
+        for (const p of chosen) {
+          const row = byId.get(p.id);
+          if (row) leased.push(leasedFromRow(row));
+        }
+        // Everything chosen was still due: nothing was lost to another worker, no reason for another round.
+        if (updated.rows.length === chosen.length) break;
       }
       return leased;
     });
@@ -741,31 +902,45 @@ export class PostgresStore implements Store {
   }
 
   async #transition(id: string, expectedVersion: number, patch: CommandPatch, event: NewCommandEvent | undefined): Promise<CommandRecord | undefined> {
+    return this.#transitionSteps(id, expectedVersion, [event ? { patch, event } : { patch }], undefined);
+  }
+
+  async #transitionSteps(id: string, expectedVersion: number, steps: readonly CommandStep[], attempt: CommandAttemptRecord | undefined): Promise<CommandRecord | undefined> {
     validateCommandId(id);
     validateVersion(expectedVersion, 'expectedVersion');
-    const changes = patchColumns(validateCommandPatch(patch));
-    if (event) validateEvent(event);
+    const plan = planSteps(steps);
+    const changes = patchColumns(plan.patch);
+    const a = attempt && validateAttempt(attempt);
+    if (a && a.commandId !== id) throw new TetherError('COMMAND_INVALID', "Invalid command attempt: 'commandId' is not the command's.");
     // Column names come from the fixed map in command-rows.ts, never from the caller; values are bound.
-    // $1 id, $2 expected version, $3 now.
-    const sets = changes.map((change, i) => `${change.column} = $${i + 4}, `).join('');
-    const sql = `UPDATE commands SET ${sets}version = version + 1, updated_at = $3 WHERE id = $1 AND version = $2 RETURNING *`;
-    return this.#transaction(
+    const sets = changes.map((change, i) => `${change.column} = $${i + 21}, `).join('');
+    const e = plan.events;
+    const attemptParams = a
+      ? [a.commandId, a.n, a.worker, a.startedAt, a.endedAt, a.outcome, a.errorCode, a.errorCategory, a.ehrStatus, a.verification, a.correlationId, a.steps]
+      : Array.from({ length: 12 }, () => null);
+    const [row] = await this.#query<CommandRow>(
       'transition command',
-      async (client) => {
-        // The row lock makes the compare, the update and the event one atomic step.
-        const before = await client.query<{ state: string; version: number }>('SELECT state, version FROM commands WHERE id = $1 FOR UPDATE', [id]);
-        const current = before.rows[0];
-        if (!current) throw new TetherError('COMMAND_NOT_FOUND');
-        if (current.version !== expectedVersion) return undefined;
-        const now = this.#clock();
-        const updated = await client.query<CommandRow>(sql, [id, expectedVersion, now, ...changes.map((c) => c.value)]);
-        const row = updated.rows[0];
-        if (!row) return undefined;
-        if (event) await client.query(INSERT_EVENT, [id, now, event.kind, event.actor, current.state, row.state, event.reason]);
-        return commandFromRow(row);
-      },
+      // Named by its columns, in order (one name per SQL text; PostgreSQL allows 63 characters).
+      { name: `tether:transition:${changes.map((c) => PATCH_COLUMN_LIST.indexOf(c.column)).join('.')}`, text: transitionStepsSql(sets) },
+      [
+        id,
+        expectedVersion,
+        this.#clock(),
+        e.map((x) => x.kind),
+        e.map((x) => x.actor),
+        e.map((x) => x.fromState),
+        e.map((x) => x.toState),
+        e.map((x) => x.reason),
+        ...attemptParams,
+        ...changes.map((c) => c.value),
+      ],
       { check: 'COMMAND_INVALID' },
     );
+    if (row) return commandFromRow(row);
+    // Nothing matched: a version that moved on, or no such command (one more round trip, on this path only).
+    const exists = await this.#query('transition command', 'SELECT 1 FROM commands WHERE id = $1', [id]);
+    if (exists.length === 0) throw new TetherError('COMMAND_NOT_FOUND');
+    return undefined;
   }
 
   async #appendAttempt(attempt: CommandAttemptRecord): Promise<boolean> {

@@ -1,17 +1,19 @@
+import { setImmediate } from 'node:timers';
 import Database from 'better-sqlite3';
 import { TetherError } from '@tether/core';
 import {
   attemptFromRow,
   commandFromRow,
   idempotentReplay,
+  leasedFromRow,
+  newerSiblingVerifiedSql,
   eventFromRow,
   patchColumns,
+  planSteps,
   sqlStateList,
   validateActor,
   validateAttempt,
   validateCommandId,
-  validateCommandPatch,
-  validateEvent,
   validateFilter,
   validateLease,
   validateNewCommand,
@@ -23,8 +25,9 @@ import {
 } from './command-rows.js';
 import { fromSqliteError, type ConstraintCodes } from './driver-errors.js';
 import { apiKeyRepo } from './api-keys.js';
+import { auditRepo } from './audit.js';
 import { commandStatsRepo } from './command-stats.js';
-import type { SqlRunner } from './sql-runner.js';
+import { driveSync, sqlTx, type SqlRunner } from './sql-runner.js';
 import { KeyedMutex } from './keyed-mutex.js';
 import {
   assertMigrationList,
@@ -52,6 +55,7 @@ import {
 } from './records.js';
 import type {
   ApiKeyRepo,
+  AuditRepo,
   CommandStatsRepo,
   CommandAttemptRecord,
   CommandEventRecord,
@@ -59,7 +63,9 @@ import type {
   CommandPatch,
   CommandRecord,
   CommandRepo,
+  CommandStep,
   InsertResult,
+  LeasedCommand,
   LeaseRequest,
   NewCommand,
   NewCommandEvent,
@@ -129,22 +135,56 @@ VALUES (@commandId, @at, @kind, @actor, @fromState, @toState, @reason)`;
 /**
  * Due commands, best first: waiting ones whose time has come, and working ones whose lease expired (their worker
  * died or stalled). A command is skipped while another command of its (tenant, business key) holds a live lease:
- * at most one attempt in flight per clinical object (DESIGN §5 step 1).
+ * at most one attempt in flight per clinical object (DESIGN §5 step 1) — unless `@unsafe` (sensitivity testing).
+ *
+ * One branch per index, each bounded in its index order, so that a lease reads a few index entries instead of the
+ * whole table (verified commands pile up; the due ones are few): waiting commands through `commands_due` (the
+ * earliest due, plus the earliest due interactive ones among the first {@link INTERACTIVE_WINDOW}), expired leases
+ * through `commands_leased`, and the anomaly of a working state without a lease through `commands_tenant_state`
+ * (per tenant). The outer query puts them in the final order. Duplicates between branches are harmless (the
+ * caller takes one per business key).
  */
-const LEASE_CANDIDATES = `
-SELECT c.id, c.tenant_id, c.business_key
-FROM commands AS c
-WHERE ((c.state IN ${sqlStateList(WAITING_STATES)} AND c.next_attempt_at <= @now)
-    OR (c.state IN ${sqlStateList(WORKING_STATES)} AND (c.lease_expires_at IS NULL OR c.lease_expires_at <= @now)))
-  AND (@tenantId IS NULL OR c.tenant_id = @tenantId)
-  AND NOT EXISTS (
+/**
+ * How many of the earliest due waiting commands the interactive branch of the lease looks through. Interactive
+ * work behind more due batch commands than this waits until it is within the window (an index on
+ * `(priority, next_attempt_at)` would lift that; see docs/writeback.md).
+ */
+const INTERACTIVE_WINDOW = 1_000;
+const KEY_FREE = `(@unsafe = 1 OR NOT EXISTS (
     SELECT 1 FROM commands AS sibling
     WHERE sibling.tenant_id = c.tenant_id
       AND sibling.business_key = c.business_key
       AND sibling.id <> c.id
       AND sibling.lease_owner IS NOT NULL
-      AND sibling.lease_expires_at > @now)
-ORDER BY CASE c.priority WHEN 'interactive' THEN 0 ELSE 1 END, c.next_attempt_at, c.generation, c.created_at, c.id
+      AND sibling.lease_expires_at > @now))`;
+const CANDIDATE_COLUMNS = 'c.id, c.tenant_id, c.business_key, c.priority, c.next_attempt_at, c.generation, c.created_at';
+const LEASE_CANDIDATES = `
+SELECT DISTINCT id, tenant_id, business_key, priority, next_attempt_at, generation, created_at FROM (
+  SELECT * FROM (SELECT ${CANDIDATE_COLUMNS} FROM commands AS c
+    WHERE c.state IN ${sqlStateList(WAITING_STATES)} AND c.next_attempt_at <= @now
+      AND (@tenantId IS NULL OR c.tenant_id = @tenantId) AND ${KEY_FREE}
+    ORDER BY c.next_attempt_at LIMIT @scan)
+  UNION ALL
+  SELECT * FROM (SELECT ${CANDIDATE_COLUMNS} FROM (
+      SELECT w.id, w.tenant_id, w.business_key, w.priority, w.next_attempt_at, w.generation, w.created_at FROM commands AS w
+      WHERE w.state IN ${sqlStateList(WAITING_STATES)} AND w.next_attempt_at <= @now
+        AND (@tenantId IS NULL OR w.tenant_id = @tenantId)
+      ORDER BY w.next_attempt_at LIMIT ${INTERACTIVE_WINDOW}) AS c
+    WHERE c.priority = 'interactive' AND ${KEY_FREE}
+    LIMIT @scan)
+  UNION ALL
+  SELECT * FROM (SELECT ${CANDIDATE_COLUMNS} FROM commands AS c
+    WHERE c.lease_owner IS NOT NULL AND c.lease_expires_at <= @now AND c.state IN ${sqlStateList(WORKING_STATES)}
+      AND (@tenantId IS NULL OR c.tenant_id = @tenantId) AND ${KEY_FREE}
+    ORDER BY c.lease_expires_at LIMIT @scan)
+  UNION ALL
+  SELECT * FROM (SELECT ${CANDIDATE_COLUMNS} FROM commands AS c
+    WHERE c.tenant_id IN (SELECT id FROM tenants) AND c.state IN ${sqlStateList(WORKING_STATES)}
+      AND (c.lease_expires_at IS NULL OR (c.lease_owner IS NULL AND c.lease_expires_at <= @now))
+      AND (@tenantId IS NULL OR c.tenant_id = @tenantId) AND ${KEY_FREE}
+    LIMIT @scan)
+)
+ORDER BY CASE priority WHEN 'interactive' THEN 0 ELSE 1 END, next_attempt_at, generation, created_at, id
 LIMIT @scan`;
 
 /** Takes the lease; a waiting command becomes in_flight, a working one keeps its state (the worker resumes it). */
@@ -158,7 +198,7 @@ SET state            = CASE WHEN state IN ${sqlStateList(WAITING_STATES)} THEN '
     version          = version + 1,
     updated_at       = @updatedAt
 WHERE id = @id
-RETURNING *`;
+RETURNING *, ${newerSiblingVerifiedSql('commands')} AS newer_sibling_verified`;
 
 const EXTEND_LEASE = `
 UPDATE commands
@@ -179,6 +219,15 @@ ON CONFLICT (command_id, n) DO NOTHING`;
 const SAVE_BUCKET = `
 INSERT INTO rate_limit_buckets (key, tokens, updated_at) VALUES (@key, @tokens, @updatedAt)
 ON CONFLICT (key) DO UPDATE SET tokens = excluded.tokens, updated_at = excluded.updated_at`;
+
+/** A command write waiting for the next group commit. */
+interface QueuedWrite {
+  readonly action: string;
+  readonly work: (db: Database.Database) => unknown;
+  readonly constraints: ConstraintCodes | undefined;
+  readonly resolve: (value: unknown) => void;
+  readonly reject: (error: unknown) => void;
+}
 
 /** What the SQLite connection is actually running with, read back from SQLite (for diagnostics and tests). */
 export interface SqliteSettings {
@@ -213,6 +262,7 @@ export class SqliteStore implements Store {
   readonly rateLimits: RateLimitRepo;
   readonly commands: CommandRepo;
   readonly apiKeys: ApiKeyRepo;
+  readonly audit: AuditRepo;
   readonly commandStats: CommandStatsRepo;
   /** Dialect-neutral access for the simple repos (API keys, audit). */
   readonly #sql: SqlRunner;
@@ -221,6 +271,9 @@ export class SqliteStore implements Store {
   readonly #migrations: readonly Migration[];
   readonly #statements = new Map<string, Database.Statement>();
   readonly #locks = new KeyedMutex();
+  readonly #writes: QueuedWrite[] = [];
+  #flushScheduled = false;
+  #flushSoon = false;
   #db: Database.Database | undefined;
   #closed = false;
 
@@ -252,6 +305,7 @@ export class SqliteStore implements Store {
       lease: async (request) => this.#lease(request),
       extendLease: async (id, owner, expectedVersion, now, until) => this.#extendLease(id, owner, expectedVersion, now, until),
       transition: async (id, expectedVersion, patch, event) => this.#transition(id, expectedVersion, patch, event),
+      transitionSteps: async (id, expectedVersion, steps, attempt) => this.#transitionSteps(id, expectedVersion, steps, attempt),
       appendAttempt: async (attempt) => this.#appendAttempt(attempt),
       attempts: async (commandId) => this.#attempts(commandId),
       events: async (commandId) => this.#events(commandId),
@@ -260,8 +314,18 @@ export class SqliteStore implements Store {
       dialect: 'sqlite',
       all: async <R>(action: string, sql: string, params: readonly unknown[] = []) => this.#run(action, () => this.#statement(sql).all(...params) as R[]),
       run: async (action, sql, params = []) => this.#run(action, () => this.#statement(sql).run(...params).changes),
+      // The whole program runs inside one synchronous IMMEDIATE transaction: nothing else can interleave.
+      transaction: async (action, program) =>
+        this.#run(action, (db) =>
+          db
+            .transaction(() =>
+              driveSync(program(sqlTx), (step) => (step.kind === 'all' ? this.#statement(step.sql).all(...step.params) : this.#statement(step.sql).run(...step.params).changes)),
+            )
+            .immediate(),
+        ),
     };
     this.apiKeys = apiKeyRepo(this.#sql, this.#clock);
+    this.audit = auditRepo(this.#sql);
     this.commandStats = commandStatsRepo(this.#sql);
   }
 
@@ -302,6 +366,8 @@ export class SqliteStore implements Store {
   /** Closes the file. Idempotent; every later call fails with `STORE_UNAVAILABLE`. */
   async close(): Promise<void> {
     if (this.#closed) return;
+    // Writes already accepted are committed (or fail) before the file closes.
+    if (this.#writes.length > 0) this.#flushWrites();
     this.#closed = true;
     this.#statements.clear();
     this.#db?.close();
@@ -343,6 +409,66 @@ export class SqliteStore implements Store {
     }
     this.#db = db;
     return db;
+  }
+
+  /**
+   * Group commit for the write-back tables. Worker writes (lease, extension, transitions, attempts) are queued and
+   * run together at the next turn of the event loop (`setImmediate`), each in its own savepoint inside ONE
+   * `BEGIN IMMEDIATE` transaction, so one fsync (`synchronous=FULL`) makes them all durable. A submission
+   * (`now: true`: someone is waiting to hear "saved") does not wait for the next turn: it commits as soon as the
+   * current job's microtasks have run (submissions made together share that commit), taking the queued writes
+   * along. Every caller's promise settles only after the commit that holds its write: durability is unchanged, only
+   * the disk flushes are shared. One write failing rolls back its savepoint alone; a failing commit rejects them
+   * all (none was applied).
+   */
+  #write<T>(action: string, work: (db: Database.Database) => T, constraints?: ConstraintCodes, now = false): Promise<T> {
+    if (this.#closed) return Promise.reject(new TetherError('STORE_UNAVAILABLE', 'The store is closed.'));
+    const promise = new Promise<T>((resolve, reject) => {
+      this.#writes.push({ action, work, constraints, resolve: resolve as (value: unknown) => void, reject });
+    });
+    if (now && !this.#flushSoon) {
+      this.#flushSoon = true;
+      queueMicrotask(() => {
+        this.#flushSoon = false;
+        this.#flushWrites();
+      });
+    } else if (!now && !this.#flushScheduled) {
+      this.#flushScheduled = true;
+      setImmediate(() => {
+        this.#flushScheduled = false;
+        this.#flushWrites();
+      });
+    }
+    return promise;
+  }
+
+  #flushWrites(): void {
+    const batch = this.#writes.splice(0);
+    if (batch.length === 0) return;
+    const outcomes: { ok: boolean; value?: unknown; error?: unknown }[] = [];
+    const runOne = (op: QueuedWrite): void => {
+      try {
+        outcomes.push({ ok: true, value: this.#run(op.action, op.work, op.constraints) });
+      } catch (error) {
+        outcomes.push({ ok: false, error });
+      }
+    };
+    try {
+      if (batch.length === 1) runOne(batch[0] as QueuedWrite);
+      else {
+        this.#run('group commit', (db) => {
+          db.transaction(() => batch.forEach(runOne)).immediate();
+        });
+      }
+    } catch (err) {
+      for (const op of batch) op.reject(err);
+      return;
+    }
+    batch.forEach((op, i) => {
+      const outcome = outcomes[i];
+      if (outcome?.ok) op.resolve(outcome.value);
+      else op.reject(outcome?.error);
+    });
   }
 
   /** Runs synchronous work against the connection, mapping driver errors. */
@@ -465,10 +591,10 @@ export class SqliteStore implements Store {
 
   // ---------------------------------------------------------------------------------------------- commands
 
-  #insertCommand(input: NewCommand, actor: string): InsertResult {
+  #insertCommand(input: NewCommand, actor: string): Promise<InsertResult> {
     const c = validateNewCommand(input);
     validateActor(actor);
-    return this.#run(
+    return this.#write(
       'insert command',
       (db) =>
         // IMMEDIATE: the idempotency check, the generation and the insert happen under SQLite's write lock.
@@ -487,6 +613,7 @@ export class SqliteStore implements Store {
           })
           .immediate(),
       { foreignKey: 'TENANT_NOT_FOUND', unique: 'COMMAND_INVALID' },
+      true,
     );
   }
 
@@ -509,35 +636,40 @@ export class SqliteStore implements Store {
       params['businessKey'] = f.businessKey;
     }
     if (f.states !== undefined) {
-      // States are validated against the fixed list; bound as parameters all the same.
-      where.push(`state IN (${f.states.map((_, i) => `@s${i}`).join(', ')})`);
+      // States are validated against the fixed list; bound as parameters all the same. With a business key, `+state`
+      // keeps SQLite on the business-key index (a handful of rows) instead of (tenant, state), which would read
+      // every verified command of the tenant.
+      where.push(`${f.businessKey !== undefined ? '+' : ''}state IN (${f.states.map((_, i) => `@s${i}`).join(', ')})`);
       f.states.forEach((state, i) => (params[`s${i}`] = state));
     }
     const sql = `SELECT * FROM commands${where.length > 0 ? ` WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at, id LIMIT @limit`;
     return this.#run('list commands', () => (this.#statement(sql).all(params) as CommandRow[]).map(commandFromRow));
   }
 
-  #lease(request: LeaseRequest): CommandRecord[] {
+  #lease(request: LeaseRequest): Promise<LeasedCommand[]> {
     const r = validateLease(request);
-    return this.#run('lease commands', (db) =>
+    return this.#write('lease commands', (db) =>
       db
-        .transaction((): CommandRecord[] => {
+        .transaction((): LeasedCommand[] => {
           // Scan a few more candidates than wanted: two of one business key can be due at once, and only one of
           // them may be leased.
-          const candidates = this.#statement(LEASE_CANDIDATES).all({ now: r.now, tenantId: r.tenantId ?? null, scan: r.limit * 4 + 8 }) as {
+          const unsafe = r.unsafeIgnoreKeyLock === true;
+          const candidates = this.#statement(LEASE_CANDIDATES).all({ now: r.now, tenantId: r.tenantId ?? null, scan: r.limit * 4 + 8, unsafe: unsafe ? 1 : 0 }) as {
             id: string;
             tenant_id: string;
             business_key: string;
           }[];
           const keys = new Set<string>();
-          const leased: CommandRecord[] = [];
+          const leased: LeasedCommand[] = [];
           for (const candidate of candidates) {
             if (leased.length >= r.limit) break;
             const key = JSON.stringify([candidate.tenant_id, candidate.business_key]);
-            if (keys.has(key)) continue;
+            if (keys.has(key) && !unsafe) continue;
             keys.add(key);
-            const row = this.#statement(LEASE_ONE).get({ id: candidate.id, owner: r.owner, until: r.now + r.leaseMs, updatedAt: this.#clock() }) as CommandRow;
-            leased.push(commandFromRow(row));
+            const row = this.#statement(LEASE_ONE).get({ id: candidate.id, owner: r.owner, until: r.now + r.leaseMs, updatedAt: this.#clock() }) as CommandRow & {
+              newer_sibling_verified: number;
+            };
+            leased.push(leasedFromRow(row));
           }
           return leased;
         })
@@ -545,25 +677,33 @@ export class SqliteStore implements Store {
     );
   }
 
-  #extendLease(id: string, owner: string, expectedVersion: number, now: number, until: number): CommandRecord | undefined {
+  #extendLease(id: string, owner: string, expectedVersion: number, now: number, until: number): Promise<CommandRecord | undefined> {
     validateCommandId(id);
     validateActor(owner);
     validateVersion(expectedVersion, 'expectedVersion');
     validateVersion(now, 'now');
     validateVersion(until, 'until');
-    const row = this.#run('extend lease', () => this.#statement(EXTEND_LEASE).get({ id, owner, expectedVersion, now, until, updatedAt: this.#clock() }) as CommandRow | undefined);
-    return row && commandFromRow(row);
+    return this.#write('extend lease', () => {
+      const row = this.#statement(EXTEND_LEASE).get({ id, owner, expectedVersion, now, until, updatedAt: this.#clock() }) as CommandRow | undefined;
+      return row && commandFromRow(row);
+    });
   }
 
-  #transition(id: string, expectedVersion: number, patch: CommandPatch, event: NewCommandEvent | undefined): CommandRecord | undefined {
+  #transition(id: string, expectedVersion: number, patch: CommandPatch, event: NewCommandEvent | undefined): Promise<CommandRecord | undefined> {
+    return this.#transitionSteps(id, expectedVersion, [event ? { patch, event } : { patch }], undefined);
+  }
+
+  #transitionSteps(id: string, expectedVersion: number, steps: readonly CommandStep[], attempt: CommandAttemptRecord | undefined): Promise<CommandRecord | undefined> {
     validateCommandId(id);
     validateVersion(expectedVersion, 'expectedVersion');
-    const changes = patchColumns(validateCommandPatch(patch));
-    if (event) validateEvent(event);
+    const plan = planSteps(steps);
+    const changes = patchColumns(plan.patch);
+    const a = attempt && validateAttempt(attempt);
+    if (a && a.commandId !== id) throw new TetherError('COMMAND_INVALID', "Invalid command attempt: 'commandId' is not the command's.");
     // Column names come from the fixed map in command-rows.ts, never from the caller; values are bound.
     const sets = changes.map((change, i) => `${change.column} = @v${i}, `).join('');
     const sql = `UPDATE commands SET ${sets}version = version + 1, updated_at = @now WHERE id = @id AND version = @expectedVersion RETURNING *`;
-    return this.#run(
+    return this.#write(
       'transition command',
       (db) =>
         db
@@ -576,9 +716,11 @@ export class SqliteStore implements Store {
             changes.forEach((change, i) => (params[`v${i}`] = change.value));
             const row = this.#statement(sql).get(params) as CommandRow | undefined;
             if (!row) return undefined;
-            if (event) {
-              this.#statement(INSERT_EVENT).run({ commandId: id, at: now, ...event, fromState: before.state, toState: row.state });
+            for (const e of plan.events) {
+              const fromState = e.fromState ?? before.state;
+              this.#statement(INSERT_EVENT).run({ commandId: id, at: now, kind: e.kind, actor: e.actor, reason: e.reason, fromState, toState: e.toState ?? fromState });
             }
+            if (a) this.#statement(INSERT_ATTEMPT).run(a);
             return commandFromRow(row);
           })
           .immediate(),
@@ -586,9 +728,9 @@ export class SqliteStore implements Store {
     );
   }
 
-  #appendAttempt(attempt: CommandAttemptRecord): boolean {
+  #appendAttempt(attempt: CommandAttemptRecord): Promise<boolean> {
     const a = validateAttempt(attempt);
-    return this.#run('append command attempt', () => this.#statement(INSERT_ATTEMPT).run(a).changes === 1, { foreignKey: 'COMMAND_NOT_FOUND' });
+    return this.#write('append command attempt', () => this.#statement(INSERT_ATTEMPT).run(a).changes === 1, { foreignKey: 'COMMAND_NOT_FOUND' });
   }
 
   #attempts(commandId: string): CommandAttemptRecord[] {

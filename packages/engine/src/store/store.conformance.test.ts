@@ -6,13 +6,15 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { ErrorCode } from '@tether/core';
+import { verifyAuditChain, type AuditEntry, type AuditRecord, type ErrorCode } from '@tether/core';
 import { PgTestDatabases, SqliteTestFiles } from './__fixtures__/test-databases.js';
 import {
   PostgresStore,
   POSTGRES_MIGRATIONS,
   SqliteStore,
   SQLITE_MIGRATIONS,
+  type AuditCommandEvent,
+  type AuditFilter,
   type Migration,
   type NewCommand,
   type NewTenant,
@@ -595,6 +597,67 @@ describe.each([sqliteBackend(), postgresBackend()])('store conformance ($kind)',
       await expectCode(store.commands.transition(command.id, 2, { state: 'paused' as never }), 'COMMAND_INVALID');
     });
 
+    it('applies several steps, their events and the attempt row as one compare-and-swap', async () => {
+      const tenant = await store.tenants.create(newTenant());
+      const { command } = await store.commands.insert(newCommand(tenant.id), 'api:t');
+      const [leased] = await store.commands.lease({ owner: 'w1', now, leaseMs: 1_000, tenantId: tenant.id });
+      const attempt = {
+        commandId: command.id,
+        n: 1,
+        worker: 'w1',
+        startedAt: now,
+        endedAt: now + 5,
+        outcome: 'applied' as const,
+        errorCode: null,
+        errorCategory: null,
+        ehrStatus: 201,
+        verification: 'verified' as const,
+        correlationId: `${command.id}.1`,
+        steps: 'create:201',
+      };
+      const steps = [
+        { patch: { state: 'acknowledged' as const, ehrId: 'obs-9', ehrVersion: '1' }, event: { kind: 'transition', actor: 'worker:w1', reason: 'ehr_has_it' } },
+        { patch: { state: 'verified' as const, leaseOwner: null, leaseExpiresAt: null }, event: { kind: 'transition', actor: 'worker:w1', reason: null } },
+      ];
+      const next = await store.commands.transitionSteps(command.id, leased!.version, steps, attempt);
+      expect(next).toMatchObject({ state: 'verified', ehrId: 'obs-9', ehrVersion: '1', leaseOwner: null, version: leased!.version + 1 });
+      expect((await store.commands.events(command.id)).map((e) => [e.fromState, e.toState, e.reason])).toEqual([
+        [null, 'queued', null],
+        ['in_flight', 'acknowledged', 'ehr_has_it'],
+        ['acknowledged', 'verified', null],
+      ]);
+      expect(await store.commands.attempts(command.id)).toEqual([attempt]);
+      // A stale version changes nothing: no event, no attempt row.
+      expect(await store.commands.transitionSteps(command.id, leased!.version, steps, { ...attempt, n: 2 })).toBeUndefined();
+      expect(await store.commands.events(command.id)).toHaveLength(3);
+      expect(await store.commands.attempts(command.id)).toHaveLength(1);
+      await expectCode(store.commands.transitionSteps(`missing-${uid()}`, 1, steps), 'COMMAND_NOT_FOUND');
+      await expectCode(store.commands.transitionSteps(command.id, next!.version, []), 'COMMAND_INVALID');
+    });
+
+    it('tells the leaser whether a newer sibling is verified (later source timestamp, else higher generation)', async () => {
+      const tenant = await store.tenants.create(newTenant());
+      const older = (await store.commands.insert(newCommand(tenant.id, { businessKey: 'ord', sourceTimestamp: 10 }), 'api:t')).command;
+      const newer = (await store.commands.insert(newCommand(tenant.id, { businessKey: 'ord', sourceTimestamp: 20 }), 'api:t')).command;
+      const [first] = await store.commands.lease({ owner: 'w', now, leaseMs: 1_000, tenantId: tenant.id });
+      expect(first).toMatchObject({ id: older.id, newerSiblingVerified: false });
+      await store.commands.transition(older.id, first!.version, { state: 'retry_wait', leaseOwner: null, leaseExpiresAt: null });
+      // Make the newer one verified, then lease the older one again: it must learn that it is superseded.
+      const newerRow = (await store.commands.get(newer.id))!;
+      await store.commands.transition(newer.id, newerRow.version, { state: 'verified' });
+      const [again] = await store.commands.lease({ owner: 'w', now, leaseMs: 1_000, tenantId: tenant.id });
+      expect(again).toMatchObject({ id: older.id, newerSiblingVerified: true });
+    });
+
+    it('leases two commands of one key at once only when the key rule is deliberately off (sensitivity testing)', async () => {
+      const tenant = await store.tenants.create(newTenant());
+      for (let i = 0; i < 2; i++) await store.commands.insert(newCommand(tenant.id, { businessKey: 'twins' }), 'api:t');
+      expect(await store.commands.lease({ owner: 'w', now, leaseMs: 1_000, tenantId: tenant.id, limit: 5 })).toHaveLength(1);
+      const broken = await store.commands.lease({ owner: 'w2', now, leaseMs: 1_000, tenantId: tenant.id, limit: 5, unsafeIgnoreKeyLock: true });
+      expect(broken).toHaveLength(1);
+      expect((await store.commands.list({ tenantId: tenant.id, states: ['in_flight'] })).filter((c) => c.leaseOwner !== null)).toHaveLength(2);
+    });
+
     it('lets exactly one of 10 concurrent transitions from one version win', async () => {
       const tenant = await store.tenants.create(newTenant());
       const { command } = await store.commands.insert(newCommand(tenant.id), 'api:t');
@@ -715,6 +778,138 @@ describe.each([sqliteBackend(), postgresBackend()])('store conformance ($kind)',
       await store.apiKeys.create({ ...base, id: `key-${uid()}`, keyHash, role: 'viewer' });
       await expect(store.apiKeys.create({ ...base, id: `key-${uid()}`, keyHash, role: 'viewer' })).rejects.toMatchObject({ name: 'TetherError' });
       expect((await store.apiKeys.list()).filter((k) => k.keyHash === keyHash)).toHaveLength(1);
+    });
+  });
+
+  describe('audit', () => {
+    const entry = (overrides: Partial<AuditEntry> = {}): AuditEntry => ({
+      at: now,
+      actor: 'operator:key-1',
+      action: 'tenant.resumed',
+      tenantId: 'acme',
+      subjectType: 'tenant',
+      subjectId: 'acme',
+      outcome: 'success',
+      details: { reason: 'operator_resumed', n: 1, nested: { ok: true, list: [1, 'two', null] } },
+      ...overrides,
+    });
+    const toEntry = (e: AuditCommandEvent): AuditEntry => ({
+      at: e.at,
+      actor: e.actor,
+      action: `command.${e.kind}`,
+      tenantId: e.tenantId,
+      subjectType: 'command',
+      subjectId: e.commandId,
+      outcome: 'success',
+      details: { eventSeq: e.seq, from: e.fromState, to: e.toState, resourceType: e.resourceType, vendor: e.vendor, ehrId: e.ehrId },
+    });
+    /**
+     * Copies until the tailer is caught up, and at least until `until` holds for what was copied; returns it all.
+     * (On PostgreSQL an event is copied only once every older transaction on the server has ended, so a write
+     * transaction of a test running in parallel can hold our events back for a moment.)
+     */
+    const drain = async (until: (copied: AuditRecord[]) => boolean | Promise<boolean> = () => true): Promise<AuditRecord[]> => {
+      const all: AuditRecord[] = [];
+      const deadline = Date.now() + 10_000;
+      for (;;) {
+        const copied = await store.audit.copyCommandEvents(toEntry, 50);
+        all.push(...copied);
+        if (copied.length === 0) {
+          if ((await until(all)) || Date.now() > deadline) return all;
+          await sleep(20);
+        }
+      }
+    };
+    const everything = async (): Promise<AuditRecord[]> => {
+      const all: AuditRecord[] = [];
+      for (;;) {
+        const page = await store.audit.list({ afterSeq: all[all.length - 1]?.seq ?? 0, limit: 1000 });
+        if (page.length === 0) return all;
+        all.push(...page);
+      }
+    };
+
+    it('appends entries as records chained onto the head, and moves the head', async () => {
+      const before = await store.audit.head();
+      expect(before).toBeDefined();
+      const records = await store.audit.append([entry(), entry({ action: 'token.refreshed', subjectType: 'token', subjectId: 'system' })]);
+      expect(records.map((r) => r.seq)).toEqual([before!.seq + 1, before!.seq + 2]);
+      expect(records[0]?.prevHash).toBe(before!.hash);
+      expect(await store.audit.head()).toEqual({ seq: records[1]!.seq, hash: records[1]!.hash });
+      // What comes back from the database hashes to what was written (details round-trip exactly).
+      expect(await store.audit.list({ afterSeq: before!.seq })).toEqual(records);
+      expect(verifyAuditChain(await everything(), { head: await store.audit.head() })).toMatchObject({ ok: true });
+      expect(await store.audit.append([])).toEqual([]);
+    });
+
+    it('refuses a malformed entry and appends nothing of the batch', async () => {
+      const before = await store.audit.head();
+      await expectCode(store.audit.append([entry(), entry({ actor: '' })]), 'CONFIG_INVALID');
+      await expectCode(store.audit.append([entry({ details: { at: Number.NaN } })]), 'CONFIG_INVALID');
+      await expectCode(store.audit.append([entry({ action: 'Has Spaces' })]), 'CONFIG_INVALID');
+      await expectCode(store.audit.append([entry({ details: { big: 'x'.repeat(20_000) } })]), 'CONFIG_INVALID');
+      expect(await store.audit.head()).toEqual(before);
+    });
+
+    it('copies every command event once, in order, with the command facts', async () => {
+      await drain();
+      const tenant = await store.tenants.create(newTenant({ vendor: 'oracle' }));
+      const { command } = await store.commands.insert(newCommand(tenant.id), 'api:key-7');
+      const moved = await store.commands.transition(command.id, 1, { state: 'in_flight' }, { kind: 'transition', actor: 'worker:w1', reason: null });
+      await store.commands.transition(command.id, moved!.version, { state: 'acknowledged', ehrId: 'obs-1', ehrVersion: '1' }, { kind: 'transition', actor: 'worker:w1', reason: 'ehr_has_it' });
+      const copied = await drain((c) => c.length >= 3);
+      expect(copied.map((r) => [r.actor, r.action, r.subjectId, r.details['from'], r.details['to']])).toEqual([
+        ['api:key-7', 'command.submitted', command.id, null, 'queued'],
+        ['worker:w1', 'command.transition', command.id, 'queued', 'in_flight'],
+        ['worker:w1', 'command.transition', command.id, 'in_flight', 'acknowledged'],
+      ]);
+      expect(copied[2]).toMatchObject({ tenantId: tenant.id, details: { resourceType: 'Observation', vendor: 'oracle', ehrId: 'obs-1' } });
+      const seqs = (await store.commands.events(command.id)).map((e) => e.seq);
+      expect(copied.map((r) => r.details['eventSeq'])).toEqual(seqs);
+      // Caught up: nothing more, however often it is asked.
+      expect(await store.audit.copyCommandEvents(toEntry)).toEqual([]);
+      expect(verifyAuditChain(await everything(), { head: await store.audit.head() }).ok).toBe(true);
+    });
+
+    it('never forks the chain under concurrent appends and copies', async () => {
+      await drain();
+      const tenant = await store.tenants.create(newTenant());
+      const inserts = Array.from({ length: 10 }, () => store.commands.insert(newCommand(tenant.id), 'api:t'));
+      const appends = Array.from({ length: 20 }, (_, i) => store.audit.append([entry({ details: { i } }), entry({ details: { i, second: true } })]));
+      const copies = Array.from({ length: 5 }, () => store.audit.copyCommandEvents(toEntry, 3));
+      await Promise.all([...inserts, ...appends, ...copies]);
+      const submittedHere = (records: AuditRecord[]) => records.filter((r) => r.action === 'command.submitted' && r.tenantId === tenant.id).length;
+      const copied = await drain(async () => submittedHere(await everything()) >= 10);
+      const all = await everything();
+      expect(verifyAuditChain(all, { head: await store.audit.head() })).toMatchObject({ ok: true, problems: [] });
+      expect(all.map((r) => r.seq)).toEqual(all.map((_, i) => i + 1));
+      // Each of the 10 submissions is in the chain exactly once.
+      const submitted = all.filter((r) => r.action === 'command.submitted' && r.tenantId === tenant.id);
+      expect(new Set(submitted.map((r) => r.subjectId)).size).toBe(10);
+      expect(submitted).toHaveLength(10);
+      expect(copied.length).toBeLessThanOrEqual(10);
+    });
+
+    it('lists by tenant, actor, action (exact or family), subject and time, in seq order', async () => {
+      const tenantId = `t-${uid()}`;
+      const appended = await store.audit.append([
+        entry({ tenantId, action: 'token.refreshed', actor: 'system', at: now + 1 }),
+        entry({ tenantId, action: 'token.refresh_failed', actor: 'system', at: now + 2 }),
+        entry({ tenantId, action: 'tenant.paused', actor: 'system', subjectId: 'x', at: now + 3 }),
+        entry({ tenantId: `t-${uid()}`, action: 'token.refreshed', actor: 'system', at: now + 1 }),
+      ]);
+      const actions = async (filter: AuditFilter) => (await store.audit.list({ tenantId, ...filter })).map((r) => r.action);
+      expect(await actions({})).toEqual(['token.refreshed', 'token.refresh_failed', 'tenant.paused']);
+      expect(await actions({ action: 'token.' })).toEqual(['token.refreshed', 'token.refresh_failed']);
+      expect(await actions({ action: 'token.refreshed' })).toEqual(['token.refreshed']);
+      expect(await actions({ action: 'token_' })).toEqual([]);
+      expect(await actions({ subjectType: 'tenant', subjectId: 'x' })).toEqual(['tenant.paused']);
+      expect(await actions({ from: now + 2, to: now + 3 })).toEqual(['token.refresh_failed']);
+      expect(await actions({ actor: 'operator:key-1' })).toEqual([]);
+      expect(await actions({ afterSeq: appended[1]!.seq })).toEqual(['tenant.paused']);
+      expect(await actions({ limit: 1 })).toEqual(['token.refreshed']);
+      await expectCode(store.audit.list({ limit: 0 }), 'CONFIG_INVALID');
+      await expectCode(store.audit.list({ limit: 1001 }), 'CONFIG_INVALID');
     });
   });
 

@@ -4,6 +4,8 @@
  * ciphertext produced by the auth layer (envelope encryption), the store only moves bytes.
  */
 
+import type { AuditEntry, AuditHead, AuditRecord } from '@tether/core';
+
 export type Environment = 'sandbox' | 'production';
 export type AuthMethod = 'backend-services' | 'client-secret' | 'authorization-code';
 /** `auth_paused`: an operator must act (revoked grant, invalid client); no automatic retry. */
@@ -116,6 +118,8 @@ export interface Store {
   readonly commands: CommandRepo;
   /** API keys of the HTTP API (migration 3). */
   readonly apiKeys: ApiKeyRepo;
+  /** The hash-chained audit log (migration 4). */
+  readonly audit: AuditRepo;
   /** Read-only aggregates over commands for metrics and the console. */
   readonly commandStats: CommandStatsRepo;
   /** Applies pending numbered migrations (idempotent; safe with several processes starting at once). */
@@ -361,6 +365,15 @@ export interface CommandEventRecord {
 /** An event to append together with a transition (same transaction). */
 export type NewCommandEvent = Pick<CommandEventRecord, 'kind' | 'actor' | 'reason'>;
 
+/**
+ * One step of {@link CommandRepo.transitionSteps}: a patch, and the audit event of its state change. The event's
+ * `from_state` is the state before this step and its `to_state` the state after it (the patch's, else unchanged).
+ */
+export interface CommandStep {
+  readonly patch: CommandPatch;
+  readonly event?: NewCommandEvent;
+}
+
 /** Filter of {@link CommandRepo.list}. */
 export interface CommandFilter {
   readonly tenantId?: string;
@@ -382,6 +395,24 @@ export interface LeaseRequest {
   readonly limit?: number;
   /** Only this tenant's commands. */
   readonly tenantId?: string;
+  /**
+   * Sensitivity testing only (`npm run chaos -- --broken no-key-lock`): deliberately WRONG. Ignores the
+   * per-business-key exclusivity, so commands of one key may be leased while a sibling holds a live lease (and
+   * two of one key in one call). Never set in production.
+   */
+  readonly unsafeIgnoreKeyLock?: boolean;
+}
+
+/**
+ * A command as {@link CommandRepo.lease} hands it out, with what the lease found out about its siblings in the
+ * same transaction (saving the worker a query per attempt; while the lease is live no sibling can change).
+ */
+export interface LeasedCommand extends CommandRecord {
+  /**
+   * A sibling (same tenant and business key) is `verified` and newer than this command: a later source timestamp
+   * when both carry a different one, else a higher generation (DESIGN §5 step 8). The command must not be sent.
+   */
+  readonly newerSiblingVerified: boolean;
 }
 
 /** Result of {@link CommandRepo.insert}. */
@@ -413,7 +444,7 @@ export interface CommandRepo {
    * `attemptSeq + 1`, the lease and a new version. PostgreSQL: `FOR UPDATE SKIP LOCKED` plus a transaction-scoped
    * advisory lock per business key; SQLite: one IMMEDIATE transaction.
    */
-  lease(request: LeaseRequest): Promise<CommandRecord[]>;
+  lease(request: LeaseRequest): Promise<LeasedCommand[]>;
   /**
    * Extends a lease held by `owner` to `until`, if the command still has `expectedVersion` and the lease is still
    * live at `now` (an expired lease may already have let a sibling of the same business key be leased, so it is
@@ -427,10 +458,77 @@ export interface CommandRepo {
    * Returns the updated command, or undefined when the version moved on. Throws `COMMAND_NOT_FOUND`.
    */
   transition(id: string, expectedVersion: number, patch: CommandPatch, event?: NewCommandEvent): Promise<CommandRecord | undefined>;
+  /**
+   * Applies several steps as ONE atomic change (one transaction, one durable commit), guarded by one
+   * compare-and-swap on `expectedVersion`: the patches in order, the event of every step that carries one (each
+   * with its own from/to states), and the attempt row when given (ignored if attempt `n` is already recorded).
+   * The version moves on by one. Returns the command after the last step, or undefined (nothing written) when the
+   * version moved on. Throws `COMMAND_NOT_FOUND`. This is how a worker records the end of an attempt, e.g.
+   * `in_flight → acknowledged → verified` plus the timeline row, with a single commit.
+   */
+  transitionSteps(id: string, expectedVersion: number, steps: readonly CommandStep[], attempt?: CommandAttemptRecord): Promise<CommandRecord | undefined>;
   /** Appends an attempt; returns false when attempt `n` of that command is already recorded (nothing changes). */
   appendAttempt(attempt: CommandAttemptRecord): Promise<boolean>;
   /** The timeline, in attempt order. */
   attempts(commandId: string): Promise<CommandAttemptRecord[]>;
   /** The audit events, in order. */
   events(commandId: string): Promise<CommandEventRecord[]>;
+}
+
+// ------------------------------------------------------------------------------------------------ audit
+
+/**
+ * A command event as the audit tailer sees it: the event, the immutable facts of its command, the tenant's vendor,
+ * and the command's EHR id and version *when the event is copied* (see docs/audit.md). Never the resource.
+ */
+export interface AuditCommandEvent extends CommandEventRecord {
+  readonly tenantId: string;
+  readonly resourceType: string;
+  readonly commandAction: CommandAction;
+  /** Token identity of the command: `system`, `provider:<id>` or `patient:<id>` (the id part may be PHI). */
+  readonly context: string;
+  readonly requestedBy: string;
+  /** The tenant's vendor profile; null when the tenant row is gone. */
+  readonly vendor: string | null;
+  readonly ehrId: string | null;
+  readonly ehrVersion: string | null;
+}
+
+/** Filter of {@link AuditRepo.list}. Records come in seq order. */
+export interface AuditFilter {
+  /** Only records with a seq greater than this (paging). */
+  readonly afterSeq?: number;
+  readonly tenantId?: string;
+  readonly actor?: string;
+  /** An exact action, or a prefix ending in `.` (`command.`). */
+  readonly action?: string;
+  readonly subjectType?: string;
+  readonly subjectId?: string;
+  /** Epoch ms, inclusive. */
+  readonly from?: number;
+  /** Epoch ms, exclusive. */
+  readonly to?: number;
+  /** Default 100, at most 1000. */
+  readonly limit?: number;
+}
+
+/**
+ * The audit log: append-only and hash-chained (`@tether/core` audit-chain). There is no update and no delete.
+ * Every append locks the head row, so the chain never forks, whichever process appends.
+ */
+export interface AuditRepo {
+  /**
+   * Appends entries, in order, at the end of the chain, in one transaction with the head. Throws CONFIG_INVALID
+   * (naming the field) when an entry is malformed; nothing is appended then.
+   */
+  append(entries: readonly AuditEntry[]): Promise<AuditRecord[]>;
+  /**
+   * Copies up to `limit` command events that are not in the chain yet, in order, through `toEntry` (which must be
+   * pure and must not throw), and advances the tailer's cursor in the same transaction: a crash neither skips nor
+   * doubles an event, and concurrent tailers (several processes) copy each event once. Returns the new records.
+   */
+  copyCommandEvents(toEntry: (event: AuditCommandEvent) => AuditEntry, limit?: number): Promise<AuditRecord[]>;
+  list(filter?: AuditFilter): Promise<AuditRecord[]>;
+  /** The head row: seq and hash of the last record (seq 0 and the genesis hash when empty); undefined if missing. */
+  head(): Promise<AuditHead | undefined>;
 }

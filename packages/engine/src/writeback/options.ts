@@ -31,6 +31,12 @@ export const DEFAULT_RETRY_BACKOFF_BASE_MS = 1_000;
 /** Default cap of one backoff (milliseconds): 5 minutes. */
 export const DEFAULT_RETRY_BACKOFF_MAX_MS = 300_000;
 
+/**
+ * A lease taken or extended less than this long ago (milliseconds) serves as the fence before an EHR write: the
+ * write is then covered for at least `leaseMs` minus this, as good as an extension, without a store write.
+ */
+export const LEASE_FENCE_SLACK_MS = 1_000;
+
 /** What the worker needs to know about a vendor (a slice of the future vendor profile, DESIGN §8). */
 export interface WritebackVendorProfile {
   /**
@@ -39,7 +45,29 @@ export interface WritebackVendorProfile {
    * Default true.
    */
   readonly conditionalCreate: boolean;
+  /**
+   * The EHR answers a create (`Prefer: return=representation`) with the resource exactly as it stored it. When
+   * true, a create whose answer carries the resource with an id, the business key and every field we sent
+   * unchanged is verified from that answer, and the read-back (a second EHR call) is skipped. Only for vendors
+   * whose create answer is the stored copy (not an echo of the request, not a pre-normalisation copy). Default
+   * false when a profile leaves it out; true in {@link DEFAULT_VENDOR_PROFILE} (vendor `generic`: generic FHIR R4
+   * and the sandbox).
+   */
+  readonly verifyFromCreateResponse?: boolean;
 }
+
+/** The generic FHIR R4 profile (and the sandbox's): conditional create, verification from the create answer. */
+export const DEFAULT_VENDOR_PROFILE: WritebackVendorProfile = Object.freeze({ conditionalCreate: true, verifyFromCreateResponse: true });
+
+/**
+ * The worker's default `vendorProfile`: {@link DEFAULT_VENDOR_PROFILE} for tenants of vendor `generic` (generic FHIR
+ * R4, the sandbox); for any other vendor, conditional create but a read-back after every create, until that
+ * vendor's profile says its create answer is the stored copy.
+ */
+export function defaultVendorProfile(tenant: Pick<TenantRecord, 'vendor'>): WritebackVendorProfile {
+  return tenant.vendor === 'generic' ? DEFAULT_VENDOR_PROFILE : READ_BACK_PROFILE;
+}
+const READ_BACK_PROFILE: WritebackVendorProfile = Object.freeze({ conditionalCreate: true, verifyFromCreateResponse: false });
 
 const ms = z.number().int().min(1).max(7 * 24 * 3_600_000);
 
@@ -59,9 +87,12 @@ const schema = z
     /**
      * Sensitivity testing only (`npm run chaos -- --broken ...`): switches on a deliberately WRONG behaviour so
      * that the chaos harness can prove its checker notices. `retry-without-verify`: an unknown outcome is resent
-     * at once as a plain create, without reconciling, searching or conditional create. Never set in production.
+     * at once as a plain create, without reconciling, searching or conditional create. `no-key-lock`: the lease
+     * ignores the per-business-key exclusivity (commands of one key in flight at once, from one worker or several)
+     * and creates are plain (no `If-None-Exist`, as on a vendor without conditional create, where the per-key
+     * lease is the only protection). Never set in production.
      */
-    unsafeBroken: z.enum(['retry-without-verify']).optional(),
+    unsafeBroken: z.enum(['retry-without-verify', 'no-key-lock']).optional(),
   })
   .strict();
 
@@ -79,7 +110,7 @@ const schema = z
  *   {@link DEFAULT_VERIFY_POLLS}.
  * - `backoffBaseMs`, `backoffMaxMs`: retry backoff, defaults {@link DEFAULT_RETRY_BACKOFF_BASE_MS}, {@link DEFAULT_RETRY_BACKOFF_MAX_MS}.
  * - `tenantId`: only lease this tenant's commands (default: all).
- * - `vendorProfile`: per tenant, default `{ conditionalCreate: true }`.
+ * - `vendorProfile`: per tenant, default {@link defaultVendorProfile}.
  * - `clock`, `sleep`, `random`: time and jitter seams (defaults `Date.now`, a timer, `Math.random`).
  * - `onEvent`: lifecycle events (ids and states only, never PHI).
  */
@@ -124,7 +155,7 @@ export function resolveWorkerOptions(input: WritebackWorkerOptions): ResolvedWor
     workerId: parsed.data.workerId ?? `worker-${randomBytes(4).toString('hex')}`,
     store,
     client,
-    vendorProfile: vendorProfile ?? (() => ({ conditionalCreate: true })),
+    vendorProfile: vendorProfile ?? defaultVendorProfile,
     clock: clock ?? Date.now,
     sleep: sleep ?? abortableSleep,
     random: random ?? Math.random,

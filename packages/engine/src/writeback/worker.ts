@@ -14,11 +14,35 @@
  */
 import { isTetherError, type ErrorCategory } from '@tether/core';
 import type { EhrTarget, FhirResource, WriteResult } from '../client/index.js';
-import type { CommandAttemptOutcome, CommandPatch, CommandRecord, CommandState, CommandVerification } from '../store/index.js';
+import type {
+  CommandAttemptOutcome,
+  CommandAttemptRecord,
+  CommandPatch,
+  CommandRecord,
+  CommandState,
+  CommandStep,
+  CommandVerification,
+  LeasedCommand,
+  TenantRecord,
+} from '../store/index.js';
 import { businessKeySearch, carriesBusinessKey, contentMatches } from './command.js';
 import type { WritebackEvent } from './events.js';
-import { resolveWorkerOptions, retryDelay, type ResolvedWorkerOptions, type WritebackVendorProfile, type WritebackWorkerOptions } from './options.js';
+import {
+  DEFAULT_VENDOR_PROFILE,
+  LEASE_FENCE_SLACK_MS,
+  resolveWorkerOptions,
+  retryDelay,
+  type ResolvedWorkerOptions,
+  type WritebackVendorProfile,
+  type WritebackWorkerOptions,
+} from './options.js';
 import { assertTransition } from './state-machine.js';
+
+/**
+ * How long a worker reuses a tenant it read (milliseconds): a change of a tenant's base URL or vendor reaches the
+ * workers within this time.
+ */
+const TENANT_CACHE_MS = 1_000;
 
 /** A compare-and-swap or lease extension failed: another worker owns the command now. Stop touching it. */
 class LeaseLost extends Error {
@@ -51,10 +75,22 @@ class Attempt {
   readonly correlationId: string;
   readonly steps: string[] = [];
   target: EhrTarget | undefined;
-  profile: WritebackVendorProfile = { conditionalCreate: true };
+  profile: WritebackVendorProfile = DEFAULT_VENDOR_PROFILE;
+  /**
+   * Steps decided but not yet written (`acknowledged` before the read-back): they are committed together with the
+   * next save, in one transaction. Until then `cmd` shows them (its `version` stays the stored one).
+   */
+  pending: CommandStep[] = [];
+  /** The timeline row was written (together with the transition that ended the attempt). */
+  recorded = false;
   /** The EHR id an update or delete was sent to. */
   targetId: string | null = null;
   conflictRetried = false;
+  /**
+   * DESIGN §5 step 8, decided by the lease: a newer sibling (same business key) is verified, so this command must
+   * not be sent. "Newer" is the later source timestamp when both carry a different one, else the higher generation.
+   */
+  readonly newerSiblingVerified: boolean;
   /** An upsert whose conditional create matched an existing resource continues once as an update. */
   upsertMatched = false;
   outcome: CommandAttemptOutcome | undefined;
@@ -63,8 +99,9 @@ class Attempt {
   ehrStatus: number | null = null;
   verification: CommandVerification | null = null;
 
-  constructor(cmd: CommandRecord, startedAt: number) {
+  constructor(cmd: LeasedCommand, startedAt: number) {
     this.cmd = cmd;
+    this.newerSiblingVerified = cmd.newerSiblingVerified;
     this.n = cmd.attemptSeq;
     this.startedAt = startedAt;
     // Joins this attempt to the EHR's logs (X-Request-Id); the command id is a random UUID, not PHI.
@@ -109,6 +146,8 @@ export class WritebackWorker {
   readonly options: ResolvedWorkerOptions;
   readonly #active = new Set<Promise<void>>();
   readonly #stopping = new AbortController();
+  /** Tenants read in the last {@link TENANT_CACHE_MS}, with when (worker clock). */
+  readonly #tenants = new Map<string, { readonly at: number; readonly tenant: Promise<TenantRecord | undefined> }>();
   #loop: Promise<void> | undefined;
 
   /** Throws `CONFIG_INVALID` for invalid options. Does not touch the store. */
@@ -152,6 +191,7 @@ export class WritebackWorker {
       leaseMs: this.options.leaseMs,
       limit: free,
       ...(this.options.tenantId === undefined ? {} : { tenantId: this.options.tenantId }),
+      ...(this.options.unsafeBroken === 'no-key-lock' ? { unsafeIgnoreKeyLock: true } : {}),
     });
     for (const command of leased) {
       const running: Promise<void> = this.#process(command).finally(() => this.#active.delete(running));
@@ -183,8 +223,14 @@ export class WritebackWorker {
       } catch {
         // The store is unavailable: nothing was leased; try again after the poll interval.
       }
-      if (this.#active.size >= this.options.concurrency) await Promise.race(this.#active);
-      else if (leased === 0) await this.options.sleep(this.options.pollIntervalMs, signal);
+      if (leased === 0 && this.#active.size < this.options.concurrency) {
+        await this.options.sleep(this.options.pollIntervalMs, signal);
+        continue;
+      }
+      // Lease in batches: wait until a quarter of the slots are free (one lease query and commit for several
+      // commands instead of one each), or everything finished.
+      const batch = Math.ceil(this.options.concurrency / 4);
+      while (!signal.aborted && this.#active.size > 0 && this.options.concurrency - this.#active.size < batch) await Promise.race(this.#active);
     }
   }
 
@@ -196,7 +242,7 @@ export class WritebackWorker {
     }
   }
 
-  async #process(command: CommandRecord): Promise<void> {
+  async #process(command: LeasedCommand): Promise<void> {
     const a = new Attempt(command, this.options.clock());
     this.#emit('command:leased', a, { state: command.state });
     try {
@@ -216,41 +262,73 @@ export class WritebackWorker {
         await this.#retryLater(a, code).catch(() => {});
       }
     } finally {
-      await this.options.store.commands
-        .appendAttempt({
-          commandId: a.cmd.id,
-          n: a.n,
-          worker: this.id,
-          startedAt: a.startedAt,
-          endedAt: this.options.clock(),
-          outcome: a.outcome ?? 'error',
-          errorCode: a.errorCode,
-          errorCategory: a.errorCategory,
-          ehrStatus: a.ehrStatus,
-          verification: a.verification,
-          correlationId: a.correlationId,
-          steps: a.steps.length > 0 ? a.steps.join(' ') : null,
-        })
-        .catch(() => {});
+      // Normally written with the transition that ended the attempt; here when that never happened (lease lost).
+      if (!a.recorded) await this.options.store.commands.appendAttempt(this.#attemptRow(a)).catch(() => {});
       this.#emit('command:settled', a, { state: a.cmd.state });
     }
   }
 
+  /** The attempt's timeline row, as it stands now. */
+  #attemptRow(a: Attempt): CommandAttemptRecord {
+    return {
+      commandId: a.cmd.id,
+      n: a.n,
+      worker: this.id,
+      startedAt: a.startedAt,
+      endedAt: this.options.clock(),
+      outcome: a.outcome ?? 'error',
+      errorCode: a.errorCode,
+      errorCategory: a.errorCategory,
+      ehrStatus: a.ehrStatus,
+      verification: a.verification,
+      correlationId: a.correlationId,
+      steps: a.steps.length > 0 ? a.steps.join(' ') : null,
+    };
+  }
+
   // ------------------------------------------------------------------------------------------ persistence
 
-  /** Saves a patch with compare-and-swap; a state change is checked against the state machine and audited. */
-  async #save(a: Attempt, patch: CommandPatch, reason: string | null): Promise<void> {
+  /** A step: the patch, and the audit event when it changes the state (checked against the state machine). */
+  #step(a: Attempt, patch: CommandPatch, reason: string | null): CommandStep {
     const to = patch.state;
-    const changes = to !== undefined && to !== a.cmd.state;
-    if (changes) assertTransition(a.cmd.state, to);
-    if (patch.leaseOwner === null) this.#emit('command:releasing', a, { ...(to === undefined ? {} : { state: to }) });
-    const next = await this.options.store.commands.transition(
-      a.cmd.id,
-      a.cmd.version,
-      patch,
-      changes ? { kind: 'transition', actor: `worker:${this.id}`, reason } : undefined,
-    );
+    if (to === undefined || to === a.cmd.state) return { patch };
+    assertTransition(a.cmd.state, to);
+    return { patch, event: { kind: 'transition', actor: `worker:${this.id}`, reason } };
+  }
+
+  /**
+   * Saves a patch with compare-and-swap, together with the pending steps, in one transaction. A save that gives the
+   * lease up ends the attempt, so it also writes the attempt's timeline row: one commit for all of it.
+   */
+  async #save(a: Attempt, patch: CommandPatch, reason: string | null): Promise<void> {
+    const step = this.#step(a, patch, reason);
+    const releases = patch.leaseOwner === null;
+    if (releases) this.#emit('command:releasing', a, { ...(patch.state === undefined ? {} : { state: patch.state }) });
+    const steps = [...a.pending, step];
+    const next = await this.options.store.commands.transitionSteps(a.cmd.id, a.cmd.version, steps, releases ? this.#attemptRow(a) : undefined);
     if (!next) throw new LeaseLost();
+    a.pending = [];
+    if (releases) a.recorded = true;
+    a.cmd = next;
+  }
+
+  /**
+   * Decides a step without writing it yet: it is committed with the next save (which, on every path, follows
+   * within the attempt). Used for `acknowledged` before the read-back: should the worker die in between, the next
+   * attempt reconciles by business key and finds the resource all the same, so the step need not be durable on
+   * its own, and the attempt saves a commit.
+   */
+  #defer(a: Attempt, patch: CommandPatch, reason: string | null): void {
+    a.pending.push(this.#step(a, patch, reason));
+    a.cmd = { ...a.cmd, ...patch };
+  }
+
+  /** Writes the pending steps now (before a store call that must see them, e.g. a lease extension). */
+  async #flush(a: Attempt): Promise<void> {
+    if (a.pending.length === 0) return;
+    const next = await this.options.store.commands.transitionSteps(a.cmd.id, a.cmd.version, a.pending);
+    if (!next) throw new LeaseLost();
+    a.pending = [];
     a.cmd = next;
   }
 
@@ -275,12 +353,34 @@ export class WritebackWorker {
     });
   }
 
-  /** Extends the lease before an EHR write or a verification poll; throws {@link LeaseLost} when it is gone. */
+  /**
+   * Extends the lease before an EHR write or a verification poll; throws {@link LeaseLost} when it is gone. A lease
+   * taken (or extended) less than {@link LEASE_FENCE_SLACK_MS} ago is the fence itself: nobody else can hold the
+   * command while it is live, and it covers the write as well as an extension would, so no store write is needed
+   * (the first write of an attempt, right after the lease, is the common case).
+   */
   async #fence(a: Attempt): Promise<void> {
     const now = this.options.clock();
+    const slack = Math.min(LEASE_FENCE_SLACK_MS, Math.floor(this.options.leaseMs / 10));
+    if (a.pending.length === 0 && a.cmd.leaseOwner === this.id && a.cmd.leaseExpiresAt !== null && a.cmd.leaseExpiresAt - now >= this.options.leaseMs - slack) return;
+    await this.#flush(a);
     const next = await this.options.store.commands.extendLease(a.cmd.id, this.id, a.cmd.version, now, now + this.options.leaseMs);
     if (!next) throw new LeaseLost();
     a.cmd = next;
+  }
+
+  /**
+   * The tenant (its FHIR base URL and vendor), read at most once per {@link TENANT_CACHE_MS} per worker instead of
+   * once per attempt; concurrent attempts share one read. A failed read is not kept.
+   */
+  #tenant(id: string): Promise<TenantRecord | undefined> {
+    const now = this.options.clock();
+    const cached = this.#tenants.get(id);
+    if (cached && now - cached.at >= 0 && now - cached.at < TENANT_CACHE_MS) return cached.tenant;
+    const tenant = this.options.store.tenants.get(id);
+    this.#tenants.set(id, { at: now, tenant });
+    tenant.catch(() => this.#tenants.delete(id));
+    return tenant;
   }
 
   // ------------------------------------------------------------------------------------------ the attempt
@@ -295,11 +395,12 @@ export class WritebackWorker {
       a.outcome = 'budget_exhausted';
       return this.#release(a, 'needs_review', exhausted);
     }
-    if (await this.#newerSiblingVerified(a.cmd)) {
+    // Found out by the lease itself (same transaction; while the lease is live no sibling can become verified).
+    if (a.newerSiblingVerified) {
       a.outcome = 'superseded';
       return this.#release(a, 'superseded', 'newer_generation_verified');
     }
-    const tenant = await this.options.store.tenants.get(a.cmd.tenantId);
+    const tenant = await this.#tenant(a.cmd.tenantId);
     if (!tenant) {
       a.outcome = 'error';
       return this.#release(a, 'needs_review', 'tenant_missing');
@@ -351,10 +452,6 @@ export class WritebackWorker {
     return undefined;
   }
 
-  /**
-   * DESIGN §5 step 8: a command whose newer sibling (same business key) is verified must not be sent. "Newer" is
-   * the later source timestamp when both commands carry a different one, else the higher generation.
-   */
   /** The EHR id a sibling command of the same business key recorded (newest generation first), if any. */
   async #siblingEhrId(cmd: CommandRecord): Promise<string | null> {
     const siblings = await this.options.store.commands.list({ tenantId: cmd.tenantId, businessKey: cmd.businessKey, limit: 1_000 });
@@ -366,17 +463,6 @@ export class WritebackWorker {
   async #newerSiblingApplied(cmd: CommandRecord, stored: Readonly<Record<string, unknown>>): Promise<boolean> {
     const siblings = await this.options.store.commands.list({ tenantId: cmd.tenantId, businessKey: cmd.businessKey, limit: 1_000 });
     return siblings.some((s) => s.id !== cmd.id && s.generation > cmd.generation && contentMatches(s.resource, stored, cmd.businessKey));
-  }
-
-  async #newerSiblingVerified(cmd: CommandRecord): Promise<boolean> {
-    const verified = await this.options.store.commands.list({ tenantId: cmd.tenantId, businessKey: cmd.businessKey, states: ['verified'], limit: 1_000 });
-    return verified.some((sibling) => {
-      if (sibling.id === cmd.id) return false;
-      if (sibling.sourceTimestamp !== null && cmd.sourceTimestamp !== null && sibling.sourceTimestamp !== cmd.sourceTimestamp) {
-        return sibling.sourceTimestamp > cmd.sourceTimestamp;
-      }
-      return sibling.generation > cmd.generation;
-    });
   }
 
   // ------------------------------------------------------------------------------------------ EHR lookups
@@ -429,6 +515,8 @@ export class WritebackWorker {
     // Reconcile before write whenever an earlier attempt may have applied, and always when the EHR has no
     // conditional create (then the search is the only check before a plain create).
     const broken = this.options.unsafeBroken === 'retry-without-verify';
+    // Sensitivity testing only: with the key lock off, creates are plain (a vendor without conditional create).
+    const plainCreate = broken || this.options.unsafeBroken === 'no-key-lock';
     const mustSearch = !broken && !searched && (a.cmd.attemptSeq > 1 || a.cmd.ehrId !== null || !a.profile.conditionalCreate);
     if (mustSearch) {
       const found = await this.#findByKey(a);
@@ -446,7 +534,7 @@ export class WritebackWorker {
     await this.#fence(a);
     const result = await this.options.client.create(this.#target(a), a.cmd.context, a.cmd.resource as FhirResource, {
       // Second line of defence after the per-key lease (HAPI #3141: conditional create alone is not atomic).
-      ...(a.profile.conditionalCreate && !broken ? { ifNoneExist: businessKeySearch(a.cmd.businessKey) } : {}),
+      ...(a.profile.conditionalCreate && !plainCreate ? { ifNoneExist: businessKeySearch(a.cmd.businessKey) } : {}),
       correlationId: a.correlationId,
       priority: a.cmd.priority,
       prefer: 'return=representation',
@@ -507,7 +595,7 @@ export class WritebackWorker {
         // Nothing to delete (never there, or an earlier attempt deleted it): the intent holds.
         a.outcome = 'found';
         a.verification = 'absent';
-        await this.#save(a, { state: 'acknowledged', stateReason: null }, 'already_absent');
+        this.#defer(a, { state: 'acknowledged', stateReason: null }, 'already_absent');
         return this.#release(a, 'verified', null);
       case 'found':
         break;
@@ -545,6 +633,9 @@ export class WritebackWorker {
           a.upsertMatched = true;
           a.cmd = { ...a.cmd, ehrId: ref.id };
           return this.#update(a);
+        }
+        if (kind === 'create' && a.profile.verifyFromCreateResponse === true && this.#verifiedFromResponse(a, result)) {
+          return this.#verifiedFromCreate(a, ref);
         }
         return this.#acknowledge(a, ref);
       }
@@ -644,9 +735,29 @@ export class WritebackWorker {
     return this.#retryLater(a, 'proven_absent', { delayMs: 0 });
   }
 
-  /** DESIGN §5 step 6: acknowledged, then read back and compare the business key and the fields we sent. */
+  /**
+   * The create's answer is the stored resource (id, resourceType) and carries the business key and every field we
+   * sent unchanged: for a vendor whose answer is the stored copy (`verifyFromCreateResponse`), that is the
+   * read-back (DESIGN §5 step 6) without a second call.
+   */
+  #verifiedFromResponse(a: Attempt, result: WriteResult): boolean {
+    const body = result.body;
+    return body !== undefined && body['resourceType'] === a.cmd.resourceType && typeof body['id'] === 'string' && contentMatches(a.cmd.resource, body, a.cmd.businessKey);
+  }
+
+  /** acknowledged → verified from the create's answer: both steps, their events and the timeline row in one commit. */
+  async #verifiedFromCreate(a: Attempt, ref: WrittenRef): Promise<void> {
+    this.#defer(a, { state: 'acknowledged', stateReason: null, ehrId: ref.id, ehrVersion: ref.versionId ?? a.cmd.ehrVersion }, 'ehr_has_it');
+    a.verification = 'verified';
+    return this.#save(a, { state: 'verified', stateReason: null, leaseOwner: null, leaseExpiresAt: null }, 'verified_from_create_response');
+  }
+
+  /**
+   * DESIGN §5 step 6: acknowledged, then read back and compare the business key and the fields we sent. The
+   * `acknowledged` step is committed with the outcome of the read-back (one commit; see {@link #defer}).
+   */
   async #acknowledge(a: Attempt, ref: WrittenRef): Promise<void> {
-    await this.#save(a, { state: 'acknowledged', stateReason: null, ehrId: ref.id, ehrVersion: ref.versionId ?? a.cmd.ehrVersion }, 'ehr_has_it');
+    this.#defer(a, { state: 'acknowledged', stateReason: null, ehrId: ref.id, ehrVersion: ref.versionId ?? a.cmd.ehrVersion }, 'ehr_has_it');
     const read = await this.#readById(a, ref.id);
     switch (read.kind) {
       case 'found':
@@ -673,7 +784,7 @@ export class WritebackWorker {
   }
 
   async #confirmDeleted(a: Attempt): Promise<void> {
-    await this.#save(a, { state: 'acknowledged', stateReason: null }, 'ehr_has_it');
+    this.#defer(a, { state: 'acknowledged', stateReason: null }, 'ehr_has_it');
     const read = await this.#readById(a, a.targetId ?? a.cmd.ehrId ?? '');
     if (read.kind === 'absent') {
       a.verification = 'verified';

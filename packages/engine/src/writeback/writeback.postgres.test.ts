@@ -124,7 +124,7 @@ describe('write-back on PostgreSQL', () => {
       [2, 'applied'],
     ]);
     // Reconciled first (attempt 2 searched before it created).
-    expect(timeline[1]?.steps).toBe('search:200 create:201 read:200');
+    expect(timeline[1]?.steps).toBe('search:200 create:201');
     await survivor.stop();
   });
 });

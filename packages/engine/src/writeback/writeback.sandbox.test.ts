@@ -4,8 +4,9 @@
  * must not duplicate counts the creates carrying the business key.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { BUSINESS_KEY_SYSTEM } from './command.js';
+import { BUSINESS_KEY_SYSTEM, stampBusinessKey } from './command.js';
 import { ExceptionQueue } from './exceptions.js';
+import { defaultVendorProfile } from './options.js';
 import { observation, startHarness, type Harness } from './__fixtures__/harness.js';
 
 let h: Harness | undefined;
@@ -38,9 +39,44 @@ describe('write-back against the sandbox (SQLite store)', () => {
       { system: 'urn:source:lab', value: 'lab-72' },
       { system: BUSINESS_KEY_SYSTEM, value: 'lab:clean-1' },
     ]);
+    // Verified from the create's answer (the sandbox returns the stored copy): one EHR call, no read-back.
     const [attempt] = await h.store.commands.attempts(id);
-    expect(attempt).toMatchObject({ n: 1, outcome: 'applied', ehrStatus: 201, verification: 'verified', steps: 'create:201 read:200' });
-    expect((await h.store.commands.events(id)).map((e) => e.toState)).toEqual(['queued', 'acknowledged', 'verified']);
+    expect(attempt).toMatchObject({ n: 1, outcome: 'applied', ehrStatus: 201, verification: 'verified', steps: 'create:201' });
+    const events = await h.store.commands.events(id);
+    expect(events.map((e) => [e.fromState, e.toState, e.reason])).toEqual([
+      [null, 'queued', null],
+      ['in_flight', 'acknowledged', 'ehr_has_it'],
+      ['acknowledged', 'verified', 'verified_from_create_response'],
+    ]);
+  });
+
+  it('without verifyFromCreateResponse the create is read back: two EHR calls, the same audit trail', async () => {
+    // The default profile verifies from the answer for vendor `generic` only.
+    expect(defaultVendorProfile({ vendor: 'generic' }).verifyFromCreateResponse).toBe(true);
+    expect(defaultVendorProfile({ vendor: 'epic' }).verifyFromCreateResponse).toBe(false);
+    h = await startHarness();
+    const { id } = await h.submit({ businessKey: 'lab:readback-1' });
+    await h.worker({ vendorProfile: () => ({ conditionalCreate: true }) }).runUntilIdle();
+    expect(await stateOf(h, id)).toMatchObject({ state: 'verified', attempts: 1, ehrVersion: '1' });
+    const [attempt] = await h.store.commands.attempts(id);
+    expect(attempt).toMatchObject({ outcome: 'applied', verification: 'verified', steps: 'create:201 read:200' });
+    expect((await h.store.commands.events(id)).map((e) => [e.fromState, e.toState])).toEqual([
+      [null, 'queued'],
+      ['in_flight', 'acknowledged'],
+      ['acknowledged', 'verified'],
+    ]);
+  });
+
+  it('a create answer that differs from what was sent is not taken as verification: the read-back decides', async () => {
+    // Someone else already wrote the key with other content: the conditional create answers 200 with that copy.
+    h = await startHarness();
+    await h.client.create(h.target, 'system', stampBusinessKey(observation(90), 'lab:other-1') as never);
+    const { id } = await h.submit({ businessKey: 'lab:other-1', resource: observation(91) });
+    await h.worker().runUntilIdle();
+    const [attempt] = await h.store.commands.attempts(id);
+    expect(attempt?.steps).toBe('create:200 read:200');
+    expect(await stateOf(h, id)).toMatchObject({ state: 'needs_review', stateReason: 'verify_mismatch' });
+    expect(await h.creates('lab:other-1')).toHaveLength(1);
   });
 
   it('commit-then-drop on every create: verified through search, still exactly one create (no blind resend)', async () => {
@@ -66,6 +102,26 @@ describe('write-back against the sandbox (SQLite store)', () => {
     expect((await stateOf(h, id)).state).toBe('needs_review');
   });
 
+  it('the deliberately broken no-key-lock option duplicates when two commands of one key are due together (what the chaos sensitivity run relies on)', async () => {
+    // A create and an upsert of one business key, due at once, with search lagging 500 ms behind writes.
+    const faults = { faults: [{ id: 'lag', kind: 'visibility-lag', lagMs: 500 }] };
+    h = await startHarness({ faults });
+    await h.submit({ businessKey: 'lab:nolock-1', resource: observation(60) });
+    await h.submit({ businessKey: 'lab:nolock-1', action: 'upsert', resource: observation(61) });
+    // Correct: the per-key lease serialises them; the upsert updates what the create made. One create.
+    await h.worker({ concurrency: 4 }).runUntilIdle();
+    expect(await h.creates('lab:nolock-1')).toHaveLength(1);
+
+    // Broken: both leased at once; the upsert's search cannot see the create yet, so both create (plain creates).
+    await h.submit({ businessKey: 'lab:nolock-2', resource: observation(62) });
+    await h.submit({ businessKey: 'lab:nolock-2', action: 'upsert', resource: observation(63) });
+    const leased: string[] = [];
+    const worker = h.worker({ concurrency: 4, unsafeBroken: 'no-key-lock', onEvent: (e) => e.name === 'command:leased' && leased.push(e.commandId) });
+    await worker.runUntilIdle();
+    expect(leased).toHaveLength(2);
+    expect((await h.creates('lab:nolock-2')).length).toBeGreaterThanOrEqual(2);
+  });
+
   it('reset before processing: proven absent after the window, retried (reconciling first), verified, one create', async () => {
     h = await startHarness({ faults: { faults: [{ id: 'reset', kind: 'reset', match: POST_ONLY }] } });
     const { id } = await h.submit({ businessKey: 'lab:reset-1' });
@@ -87,7 +143,7 @@ describe('write-back against the sandbox (SQLite store)', () => {
     ]);
     // The whole window was searched (3 polls) before the retry, and the retry searched before it created.
     expect(timeline[0]?.steps).toBe('create:unknown search:200 search:200 search:200');
-    expect(timeline[1]?.steps).toBe('search:200 create:201 read:200');
+    expect(timeline[1]?.steps).toBe('search:200 create:201');
   });
 
   it('error-after 500 (applied, then a 500): verified, one create', async () => {

@@ -27,6 +27,12 @@ const RELEASED: readonly { version: number; name: string; sqlite: string; postgr
     sqlite: '0e20c22779130978a6168903b653c210dd9bb1db4e063be31a83d53e3adb6d7c',
     postgres: 'df6a7fc76ed1c8720309c5ae9bb8b3da9ded00b2bd8c7ee28f7dcbcf6f2a8865',
   },
+  {
+    version: 4,
+    name: 'audit_log',
+    sqlite: '64b3ccc099492a2ac260a820fa8e890600e3080fd184ba704810cd5837b4cbc5',
+    postgres: 'cf12ae6b1113a56ee950ed1aa57519e3bdf36182e4c76706bc9eff814fcfb087',
+  },
 ];
 
 describe('released migrations', () => {

@@ -156,4 +156,49 @@ CREATE TABLE api_keys (
 );
 `,
   },
+  {
+    version: 4,
+    name: 'audit_log',
+    sql: `
+-- The audit log: append-only, hash-chained (docs/audit.md). Each record's hash is SHA-256 over the canonical JSON of
+-- its fields and the previous record's hash (packages/core/src/audit-chain.ts); seq runs 1, 2, 3... without gaps.
+-- details is that JSON as text (not jsonb: the hashed bytes must round-trip). No PHI in any column.
+CREATE TABLE audit_log (
+  seq          bigint  PRIMARY KEY CHECK (seq >= 1),
+  at           bigint  NOT NULL,
+  actor        text    NOT NULL,  -- api:<key-id> | operator:<key-id> | worker:<id> | system
+  action       text    NOT NULL,  -- command.submitted | command.transition | command.operator.retry | token.refreshed ...
+  tenant_id    text,
+  subject_type text,              -- command | tenant | token | api_key ...
+  subject_id   text,
+  outcome      text    NOT NULL,
+  details      text    NOT NULL,
+  prev_hash    text    NOT NULL,
+  hash         text    NOT NULL
+);
+CREATE INDEX audit_log_tenant ON audit_log (tenant_id, seq);
+CREATE INDEX audit_log_subject ON audit_log (subject_type, subject_id, seq);
+
+-- The end of the chain, locked (FOR UPDATE) and updated by every append, so appends from any number of processes
+-- are serialised and never fork the chain, and deleting the newest records shows. Also the cursor of the
+-- command_events tailer, advanced in the same transaction as the appends.
+CREATE TABLE audit_head (
+  id         integer PRIMARY KEY CHECK (id = 1),
+  last_seq   bigint  NOT NULL CHECK (last_seq >= 0),
+  last_hash  text    NOT NULL,
+  events_tx  xid8    NOT NULL,  -- cursor: (tx, seq) of the last command event copied
+  events_seq bigint  NOT NULL CHECK (events_seq >= 0)
+);
+INSERT INTO audit_head (id, last_seq, last_hash, events_tx, events_seq) VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000', '0', 0);
+
+-- The transaction that wrote each command event. A bigserial value is taken at insert, but transactions end in
+-- any order, so a tailer reading "seq > cursor" could pass a lower seq whose transaction ends later, and lose it.
+-- The tailer instead reads events in (tx, seq) order, only those whose transaction is older than every running
+-- one (pg_snapshot_xmin): that set can no longer grow. Rows written before this migration are all committed (the
+-- ALTER waits for them) and get tx 0. The constant default first, so adding the column rewrites nothing.
+ALTER TABLE command_events ADD COLUMN tx xid8 NOT NULL DEFAULT '0';
+ALTER TABLE command_events ALTER COLUMN tx SET DEFAULT pg_current_xact_id();
+CREATE INDEX command_events_tx ON command_events (tx, seq);
+`,
+  },
 ]);

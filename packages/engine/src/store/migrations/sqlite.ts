@@ -158,4 +158,39 @@ CREATE TABLE api_keys (
 ) STRICT;
 `,
   },
+  {
+    version: 4,
+    name: 'audit_log',
+    sql: `
+-- The audit log: append-only, hash-chained (docs/audit.md). Each record's hash is SHA-256 over the canonical JSON of
+-- its fields and the previous record's hash (packages/core/src/audit-chain.ts); seq runs 1, 2, 3... without gaps.
+-- details is that JSON as text (not parsed by the database, so the hashed bytes round-trip). No PHI in any column.
+CREATE TABLE audit_log (
+  seq          integer PRIMARY KEY CHECK (seq >= 1),
+  at           integer NOT NULL,
+  actor        text    NOT NULL,  -- api:<key-id> | operator:<key-id> | worker:<id> | system
+  action       text    NOT NULL,  -- command.submitted | command.transition | command.operator.retry | token.refreshed ...
+  tenant_id    text,
+  subject_type text,              -- command | tenant | token | api_key ...
+  subject_id   text,
+  outcome      text    NOT NULL,
+  details      text    NOT NULL,
+  prev_hash    text    NOT NULL,
+  hash         text    NOT NULL
+) STRICT;
+CREATE INDEX audit_log_tenant ON audit_log (tenant_id, seq);
+CREATE INDEX audit_log_subject ON audit_log (subject_type, subject_id, seq);
+
+-- The end of the chain, updated in the same transaction as every append (so deleting the newest records shows),
+-- and the cursor of the command_events tailer (advanced in that same transaction: a crash neither skips nor
+-- doubles an event). SQLite commits in seq order, so the last copied seq is the whole cursor.
+CREATE TABLE audit_head (
+  id         integer PRIMARY KEY CHECK (id = 1),
+  last_seq   integer NOT NULL CHECK (last_seq >= 0),
+  last_hash  text    NOT NULL,
+  events_seq integer NOT NULL CHECK (events_seq >= 0)  -- last command_events.seq copied into the chain
+) STRICT;
+INSERT INTO audit_head (id, last_seq, last_hash, events_seq) VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000', 0);
+`,
+  },
 ]);
