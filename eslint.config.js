@@ -21,6 +21,11 @@ export default tseslint.config(
     },
   },
   {
+    // The console's browser code (packages/console/tsconfig.json: DOM, no Node).
+    files: ['packages/console/src/app/**/*.ts'],
+    languageOptions: { globals: globals.browser },
+  },
+  {
     files: ['**/*.js', '**/*.mjs'],
     languageOptions: { globals: globals.node },
   },

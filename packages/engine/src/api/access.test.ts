@@ -5,6 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ApiRole } from '../store/index.js';
+import { isConsoleRoute } from './console.js';
 import { canaryObservation, startTestService, type TestService } from '../service/__fixtures__/service.js';
 
 let t: TestService;
@@ -15,7 +16,7 @@ let keyId = '';
 beforeAll(async () => {
   t = await startTestService();
   for (const role of ['submitter', 'operator', 'viewer', 'admin'] as const) {
-    const res = await t.api('POST', '/v1/api-keys', { body: { name: `test-${role}`, role, tenants: ['demo'] } });
+    const res = await t.api('POST', '/v1/api-keys', { body: { name: `test-${role}`, role, tenants: null } });
     expect(res.status).toBe(201);
     keys[role] = res.body.key;
   }
@@ -58,7 +59,8 @@ describe('route access', () => {
     const routes = t.svc.app.tetherRoutes;
     expect(routes.length).toBeGreaterThan(15);
     const open = routes.filter((r) => 'public' in r.access).map((r) => r.url);
-    expect(open.every((u) => u === '/healthz' || u === '/readyz' || u.startsWith('/docs'))).toBe(true);
+    // The console's static files are public too (they hold no data; the API behind them needs a key).
+    expect(open.filter((u) => !(u === '/healthz' || u === '/readyz' || u.startsWith('/docs') || isConsoleRoute(u)))).toEqual([]);
   });
 
   it('without a key, with a malformed, unknown or revoked key: 401 with an OperationOutcome', async () => {
@@ -97,6 +99,16 @@ describe('route access', () => {
         expect({ label, denied: [403, 404].includes(res.status) }).toEqual({ label, denied: true });
       }
     }
+  });
+
+  it("a key limited to the demo tenant works on the demo tenant's objects", async () => {
+    const scoped = (await t.api('POST', '/v1/api-keys', { body: { name: 'demo-only', role: 'operator', tenants: ['demo'] } })).body.key;
+    expect((await t.api('GET', `/v1/commands/${commandId}`, { key: scoped })).status).toBe(200);
+    expect((await t.api('GET', '/v1/tenants/demo/health', { key: scoped })).status).toBe(200);
+    expect((await t.api('GET', '/v1/audit?tenant=demo', { key: scoped })).status).toBe(200);
+    expect((await t.api('GET', '/v1/audit', { key: scoped })).status).toBe(403);
+    const list = await t.api('GET', '/v1/commands', { key: scoped });
+    expect(list.body.commands.map((c: { id: string }) => c.id)).toContain(commandId);
   });
 
   it('masks PHI for viewers and submitters; operators and admins see the resource', async () => {

@@ -14,6 +14,7 @@ import swaggerUi from '@fastify/swagger-ui';
 import { request } from 'undici';
 import { z } from 'zod';
 import { isTetherError, operationOutcomeFromError, TetherError } from '@tether/core';
+import type { AuditLog } from '../audit/index.js';
 import { tenantInputSchema, tenantUpdateSchema, type TenantService } from '../auth/index.js';
 import type { EhrClient } from '../client/index.js';
 import type { IdentifierTokenizer, Logger, ServiceMetrics } from '../observability/index.js';
@@ -35,6 +36,8 @@ export interface ApiDeps {
   readonly metricsRequireAuth: boolean;
   /** Readiness: the store answers, workers run, not draining. */
   readonly readiness: () => Promise<{ ready: boolean; checks: Record<string, string> }>;
+  /** The hash-chained audit log: operator actions are recorded in it; routes under /v1/audit read and verify it. */
+  readonly audit?: AuditLog;
   /** Tenant diagnostics (`tether tenants doctor`): discovery, token, scopes, capabilities, verdicts. */
   readonly doctor?: (tenantId: string) => Promise<unknown>;
   /** The embedded sandbox EHR (development): its fault profile can be changed through the API. */
@@ -266,6 +269,19 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     });
   };
 
+  /** Records an operator action in the audit chain (who: the API key id; never PHI in details). */
+  const audited = async (who: Caller, action: string, subject: { tenantId: string | null; type: string; id: string }, details: Record<string, string | number | boolean | null> = {}): Promise<void> => {
+    await deps.audit?.record({
+      actor: `${who.role === 'operator' || who.role === 'admin' ? 'operator' : 'api'}:${who.actor}`,
+      action,
+      tenantId: subject.tenantId,
+      subjectType: subject.type,
+      subjectId: subject.id,
+      outcome: 'success',
+      details: { role: who.role, ...details },
+    });
+  };
+
   // ---------------------------------------------------------------------------------------------- health
   r('GET', '/healthz', { public: true }, { summary: 'Liveness: the process answers.', tags: ['health'] }, async () => ({ status: 'ok' }));
   r('GET', '/readyz', { public: true }, { summary: 'Readiness: store reachable, workers running, not draining.', tags: ['health'] }, async (_req, reply) => {
@@ -437,6 +453,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     const body = request.body as { id?: unknown } | undefined;
     if (typeof body?.id === 'string') who.assertTenant(body.id);
     const tenant = await deps.tenants.register(body as never);
+    await audited(who, 'tenant.registered', { tenantId: tenant.id, type: 'tenant', id: tenant.id }, { vendor: tenant.vendor, environment: tenant.environment, authMethod: tenant.authMethod });
     void reply.status(201).header('location', `/v1/tenants/${tenant.id}`);
     return tenant;
   });
@@ -453,14 +470,19 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     const { id } = parse(idParams, request.params, 'path');
     who.assertTenant(id);
     const patch = parse(tenantPatchSchema, request.body, 'tenant patch');
-    return deps.tenants.update(id, patch);
+    const updated = await deps.tenants.update(id, patch);
+    // Which settings changed, never their values (secrets and URLs stay out of the chain).
+    await audited(who, 'tenant.updated', { tenantId: id, type: 'tenant', id }, { fields: Object.keys(patch).sort().join(',') });
+    return updated;
   });
 
   r<{ id: string }, unknown, unknown>('POST', '/v1/tenants/:id/resume', { roles: OPERATE }, { summary: 'Resume a paused tenant after fixing its credentials.', tags: ['tenants'] }, async (request) => {
     const who = caller(request);
     const { id } = parse(idParams, request.params, 'path');
     who.assertTenant(id);
-    return deps.tenants.resume(id);
+    const resumed = await deps.tenants.resume(id);
+    await audited(who, 'tenant.resumed', { tenantId: id, type: 'tenant', id });
+    return resumed;
   });
 
   r<{ id: string }>('GET', '/v1/tenants/:id/health', { roles: ANY_ROLE }, { summary: 'Tenant health: auth state, granted scopes, breaker, recent rate limiting, queue depth and oldest age.', tags: ['tenants'] }, async (request) => {
@@ -562,8 +584,70 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
         const text = JSON.stringify(res.body);
         throw new TetherError('REQUEST_INVALID', `The sandbox refused the fault profile: ${text.length > 500 ? `${text.slice(0, 500)}...` : text}`);
       }
+      const faults = (request.body as { faults?: unknown[] } | undefined)?.faults;
+      await audited(caller(request), 'sandbox.faults_changed', { tenantId: deps.sandbox?.tenantId ?? null, type: 'sandbox', id: 'faults' }, { faults: Array.isArray(faults) ? faults.length : 0 });
       void reply.status(200);
       return res.body;
+    },
+  );
+
+  // ---------------------------------------------------------------------------------------------- audit
+  const auditQuery = z
+    .object({
+      tenant: z.string().min(1).max(255).optional(),
+      actor: z.string().min(1).max(255).optional(),
+      action: z.string().min(1).max(100).optional(),
+      subjectType: z.string().min(1).max(64).optional(),
+      subjectId: z.string().min(1).max(255).optional(),
+      afterSeq: z.coerce.number().int().min(0).optional(),
+      limit: z.coerce.number().int().min(1).max(1_000).default(100),
+    })
+    .strict();
+  const needAudit = (): AuditLog => {
+    if (!deps.audit) throw new TetherError('SERVICE_UNAVAILABLE', 'The audit log is not available in this process.');
+    return deps.audit;
+  };
+  r<unknown, Record<string, string>>(
+    'GET',
+    '/v1/audit',
+    { roles: OPERATE },
+    { summary: 'Audit records in chain order (filter by tenant, actor, action or its dotted prefix, subject; page with afterSeq).', tags: ['audit'], querystring: auditQuery },
+    async (request) => {
+      const who = caller(request);
+      const q = parse(auditQuery, request.query, 'query');
+      if (q.tenant) who.assertTenant(q.tenant);
+      else if (who.key.tenants !== null) throw new TetherError('API_FORBIDDEN', 'A key limited to tenants must name one (?tenant=).');
+      const records = await needAudit().query({
+        ...(q.tenant ? { tenantId: q.tenant } : {}),
+        ...(q.actor ? { actor: q.actor } : {}),
+        ...(q.action ? { action: q.action } : {}),
+        ...(q.subjectType ? { subjectType: q.subjectType } : {}),
+        ...(q.subjectId ? { subjectId: q.subjectId } : {}),
+        ...(q.afterSeq !== undefined ? { afterSeq: q.afterSeq } : {}),
+        limit: q.limit,
+      });
+      return { records };
+    },
+  );
+  r('GET', '/v1/audit/verify', { roles: OPERATE }, { summary: 'Verify the whole hash chain: modified, deleted or reordered records (seqs and kinds only).', tags: ['audit'] }, async (request) => {
+    const who = caller(request);
+    if (who.key.tenants !== null) throw new TetherError('API_FORBIDDEN', 'Verifying the whole chain needs a key that is not limited to tenants.');
+    return needAudit().verify();
+  });
+  r<unknown, Record<string, string>>(
+    'GET',
+    '/v1/audit/export',
+    { roles: ADMIN },
+    { summary: 'Audit records as FHIR R4 AuditEvent resources, NDJSON (page with afterSeq and limit).', tags: ['audit'], querystring: auditQuery },
+    async (request, reply) => {
+      const who = caller(request);
+      const q = parse(auditQuery, request.query, 'query');
+      if (q.tenant) who.assertTenant(q.tenant);
+      else if (who.key.tenants !== null) throw new TetherError('API_FORBIDDEN', 'A key limited to tenants must name one (?tenant=).');
+      const audit = needAudit();
+      const records = await audit.query({ ...(q.tenant ? { tenantId: q.tenant } : {}), ...(q.afterSeq !== undefined ? { afterSeq: q.afterSeq } : {}), limit: q.limit });
+      void reply.type('application/fhir+ndjson');
+      return records.map((record) => JSON.stringify(audit.toAuditEvent(record))).join('\n') + (records.length > 0 ? '\n' : '');
     },
   );
 
@@ -575,6 +659,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     const who = caller(request);
     const body = parse(newKeyBody, request.body, 'API key');
     const { record, key } = await createApiKey(deps.store, { ...body, createdBy: who.actor });
+    await audited(who, 'api_key.created', { tenantId: null, type: 'api_key', id: record.id }, { keyRole: record.role, tenantScoped: record.tenants !== null });
     const { keyHash: _h, ...view } = record;
     void reply.status(201);
     return { ...view, key };
@@ -582,6 +667,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   r<{ id: string }>('DELETE', '/v1/api-keys/:id', { roles: ADMIN }, { summary: 'Revoke an API key.', tags: ['keys'] }, async (request, reply) => {
     const { id } = parse(idParams, request.params, 'path');
     if (!(await deps.store.apiKeys.revoke(id))) throw new TetherError('API_NOT_FOUND', 'No active API key has that id.');
+    await audited(caller(request), 'api_key.revoked', { tenantId: null, type: 'api_key', id });
     void reply.status(204);
     return null;
   });

@@ -197,6 +197,33 @@ describe('tenant health, stats and metrics', () => {
   });
 });
 
+describe('audit', () => {
+  it('chains command events, operator actions and token events; verifies; exports FHIR AuditEvent; no PHI', async () => {
+    await t.api('PATCH', '/v1/tenants/demo', { body: { scopes: 'system/*.cruds' } });
+    let records: { action: string; actor: string; subjectId: string | null; details: Record<string, unknown> }[] = [];
+    const end = Date.now() + 10_000;
+    while (Date.now() < end) {
+      records = (await t.api('GET', '/v1/audit?limit=1000')).body.records;
+      if (records.some((r) => r.action.startsWith('command.operator')) && records.some((r) => r.action === 'tenant.updated')) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    const actions = new Set(records.map((r) => r.action));
+    expect([...actions]).toEqual(expect.arrayContaining(['command.submitted', 'tenant.updated', 'sandbox.faults_changed']));
+    expect([...actions].some((a) => a.startsWith('command.operator'))).toBe(true);
+    expect([...actions].some((a) => a.startsWith('token.'))).toBe(true);
+    const updated = records.find((r) => r.action === 'tenant.updated');
+    expect(updated).toMatchObject({ actor: expect.stringMatching(/^operator:/), subjectId: 'demo', details: { fields: 'scopes', role: 'admin' } });
+    const verify = await t.api('GET', '/v1/audit/verify');
+    expect(verify.body).toMatchObject({ ok: true, problemCount: 0 });
+    expect(verify.body.checked).toBeGreaterThanOrEqual(records.length);
+    const exported = await t.api('GET', '/v1/audit/export?limit=5');
+    const events = String(exported.body).trim().split('\n').map((l) => JSON.parse(l));
+    expect(events[0]).toMatchObject({ resourceType: 'AuditEvent' });
+    expect(JSON.stringify(records)).not.toContain(CANARY);
+    expect(JSON.stringify(records)).not.toContain('svc:obs-1');
+  });
+});
+
 describe('PHI', () => {
   it('no canary in any log line, while the log does record the commands', () => {
     expect(t.logs.length).toBeGreaterThan(10);

@@ -8,7 +8,8 @@ import { chmodSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { startSandbox, type Sandbox } from '@tether/sandbox';
-import { buildApi, createApiKey, type ApiDeps } from '../api/index.js';
+import { buildApi, consolePlugin, createApiKey, findConsoleDist, type ApiDeps } from '../api/index.js';
+import { AuditLog } from '../audit/index.js';
 import { createKeyring, TenantService, TokenBroker } from '../auth/index.js';
 import { createEhrClient, type EhrClient } from '../client/index.js';
 import { DEMO_CLIENT_ID, loadOrCreateDemoClient } from './demo-client.js';
@@ -44,8 +45,18 @@ export interface ServiceSeams {
   readonly logDestination?: { write(line: string): void };
   /** Extra API plugins (audit routes, console). */
   readonly plugins?: ApiDeps['plugins'];
+  /**
+   * The built operator console to serve at `/` (docs/console.md): a `dist/` directory, or false for none. Default:
+   * the `@tether/console` package's `dist/` when it was built (`npm run build`), else no console.
+   */
+  readonly consoleDir?: string | false;
   /** Sensitivity testing only: a deliberately wrong API (see ApiDeps.unsafeBroken). */
   readonly unsafeBroken?: ApiDeps['unsafeBroken'];
+}
+
+function consolePlugins(consoleDir: string | false | undefined): NonNullable<ApiDeps['plugins']> {
+  const dir = consoleDir === undefined ? findConsoleDist() : consoleDir;
+  return dir ? [consolePlugin(dir)] : [];
 }
 
 function ensureDir(dir: string): void {
@@ -179,6 +190,15 @@ export async function startService(config: ServiceConfig, seams: ServiceSeams = 
     }
     const exceptions = new ExceptionQueue({ store, client });
 
+    // The audit chain: command events are copied in by its tailer; token events through the broker.
+    const audit = new AuditLog({ store, log: (line) => logger.warn({ code: line.code, count: line.count }, `audit: ${line.msg}`) });
+    const detachAudit = audit.attachBroker(broker);
+    audit.start();
+    closers.push(async () => {
+      detachAudit();
+      await audit.stop();
+    });
+
     // Bootstrap admin key.
     let adminKeyFile: string | undefined;
     if ((await store.apiKeys.list()).length === 0) {
@@ -199,6 +219,7 @@ export async function startService(config: ServiceConfig, seams: ServiceSeams = 
       tokenizer,
       bodyLimitBytes: config.http.bodyLimitBytes,
       metricsRequireAuth: config.api.metricsRequireAuth,
+      audit,
       doctor: (tenantId) => runDoctor({ store, broker, client }, tenantId),
       ...(sandbox ? { sandbox: { url: sandbox.url, fhirBaseUrl: sandbox.fhirBaseUrl, tenantId: DEMO_TENANT_ID } } : {}),
       readiness: async () => {
@@ -214,7 +235,7 @@ export async function startService(config: ServiceConfig, seams: ServiceSeams = 
         if (sandbox) checks['sandbox'] = 'running';
         return { ready: checks['store'] === 'ok' && !draining, checks };
       },
-      ...(seams.plugins ? { plugins: seams.plugins } : {}),
+      plugins: [...(seams.plugins ?? []), ...consolePlugins(seams.consoleDir)],
       ...(seams.unsafeBroken ? { unsafeBroken: seams.unsafeBroken } : {}),
     });
     await app.listen({ host: config.http.host, port: config.http.port });
