@@ -1,11 +1,16 @@
 #!/usr/bin/env node
 // Chaos harness: proves the write-back promise end to end.
-//   npm run chaos -- --commands N --seed S --engines K --store sqlite|postgres [--json FILE] [--keep]
+//   npm run chaos -- --commands N --seed S --engines K --store sqlite|postgres [--submit library|api]
+//                    [--broken VARIANT] [--json FILE] [--keep]
 // Starts the sandbox with the chaos fault mix, K engine processes on one store, submits N commands (creates and
 // updates of Observation, Condition and DocumentReference for ~200 patients, with planted PHI canaries) from an
 // intent ledger written BEFORE submission, SIGKILLs engine processes 3 times at seeded random moments (each
 // restarted), waits until every command is settled, then runs the independent checker over the ledger, the
 // engine's claims, the sandbox write log, a final read by business key and every log file.
+// `--submit library` (default): engine-0 submits the ledger through `submitCommand`. `--submit api`: every engine
+// process is `tether start` (the service), and this harness submits over HTTP (`POST /v1/commands`, Idempotency-Key
+// = the command id), paced over the first 26 s so that the SIGKILLs land while commands are arriving; every 202 is
+// a receipt the checker holds the engine to (a receipted command the engine then has no record of is `lost`).
 // Every loop is bounded (--timeout seconds); all traffic stays on 127.0.0.1.
 import { fork } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -18,6 +23,7 @@ import { exportJWK, generateKeyPair } from 'jose';
 import { canonicalContentHash, check, isViolation } from '@tether/checker';
 import {
   BUSINESS_KEY_SYSTEM,
+  createApiKey,
   createEhrClient,
   createStore,
   generateMasterKey,
@@ -39,10 +45,16 @@ const SENSITIVITY = {
   // Commands of one business key in flight at once (a create and an upsert of the same key, leased together):
   // each finds nothing (search lag) and creates.
   'no-key-lock': { expect: 'duplicated', detected: (r) => r.duplicated > 0 },
+  // The API answers 202 before the command is stored (and stores it 200 ms later): a SIGKILL in between loses a
+  // command the submitter was told is safe. Needs the HTTP submission path.
+  'ack-before-commit': { expect: 'lost', detected: (r) => r.lost > 0, submit: 'api' },
 };
 
+/** Seconds over which `--submit api` spreads the submissions (the SIGKILLs land between 2 s and 27 s). */
+const API_SUBMIT_SPREAD_MS = 26_000;
+
 function args(argv) {
-  const o = { commands: 1000, seed: 1, engines: 1, store: 'sqlite', patients: 200, timeout: 300, json: undefined, keep: false, kills: 3, broken: undefined };
+  const o = { commands: 1000, seed: 1, engines: 1, store: 'sqlite', patients: 200, timeout: 300, json: undefined, keep: false, kills: 3, broken: undefined, submit: undefined };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (!a.startsWith('--')) continue;
@@ -57,6 +69,11 @@ function args(argv) {
   if (o.store !== 'sqlite' && o.store !== 'postgres') throw new Error('--store must be sqlite or postgres');
   if (o.store === 'sqlite' && o.engines !== 1) throw new Error('the SQLite store is single-process: use --engines 1');
   if (o.broken !== undefined && !(o.broken in SENSITIVITY)) throw new Error(`--broken must be one of ${Object.keys(SENSITIVITY).join(', ')}`);
+  const required = o.broken ? SENSITIVITY[o.broken].submit : undefined;
+  o.submit ??= required ?? 'library';
+  if (o.submit !== 'library' && o.submit !== 'api') throw new Error('--submit must be library or api');
+  if (required && o.submit !== required) throw new Error(`--broken ${o.broken} needs --submit ${required}`);
+  if (o.submit === 'api' && o.broken && !required) throw new Error(`--broken ${o.broken} is a worker variant: use --submit library`);
   return o;
 }
 
@@ -164,8 +181,9 @@ async function main() {
     const { fhirBaseUrl, url: sandboxUrl } = await once(sandbox);
     say(`sandbox at ${fhirBaseUrl} (seed ${o.seed})`);
 
-    // --- The tenant (registered before any engine holds the store).
+    // --- The tenant (registered before any engine holds the store), and in API mode the submitter's API key.
     const masterKey = generateMasterKey();
+    let apiKey;
     {
       const store = createStore(storeOptions);
       await store.migrate();
@@ -178,6 +196,9 @@ async function main() {
         scopes: scope,
         privateJwk: { ...(await exportJWK(privateKey)), kid: 'chaos', alg: 'ES384' },
       });
+      if (o.submit === 'api') {
+        ({ key: apiKey } = await createApiKey(store, { name: 'chaos-submitter', role: 'submitter', tenants: ['chaos-clinic'], createdBy: 'chaos-harness' }));
+      }
       await store.close();
     }
 
@@ -224,17 +245,38 @@ async function main() {
       verifyWindowMs: 2_000,
       attemptTimeoutMs: 5_000,
       logFile: join(dir, `engine-${n}.log`),
-      submitLedger: n === 0 ? ledgerFile : null,
+      submitLedger: n === 0 && o.submit === 'library' ? ledgerFile : null,
+      api: o.submit === 'api',
+      dataDir: join(dir, `engine-${n}-data`),
       broken: o.broken ?? null,
     });
+    const apiUrls = [];
     const spawnEngine = (n) => {
       const child = fork(here('./chaos/engine.mjs'), [JSON.stringify(engineConfig(n))], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
       children.add(child);
-      child.once('exit', () => children.delete(child));
+      apiUrls[n] = undefined;
+      child.on('message', (m) => {
+        if (m?.type === 'ready' && engines[n] === child) apiUrls[n] = m.url;
+      });
+      child.once('exit', () => {
+        children.delete(child);
+        if (engines[n] === child) apiUrls[n] = undefined;
+      });
       engines[n] = child;
       return child;
     };
     for (let n = 0; n < o.engines; n++) spawnEngine(n);
+
+    // --- API mode: this process is the submitter. Receipts (HTTP 202s) are recorded as they arrive.
+    const receipts = [];
+    const submitStats = { accepted: 0, replayed: 0, retries: 0, failed: 0 };
+    let apiSubmitted = o.submit !== 'api';
+    const apiSubmission = o.submit === 'api'
+      ? submitOverApi({ lines: readFileSync(ledgerFile, 'utf8').split('\n').filter(Boolean), apiUrls, apiKey, started, deadline: started + o.timeout * 1000, receipts, stats: submitStats }).then(() => {
+          apiSubmitted = true;
+          say(`submitted over the API: ${JSON.stringify(submitStats)}`);
+        })
+      : Promise.resolve();
 
     // --- SIGKILLs at seeded moments in the first part of the run, each engine restarted at once.
     const killAt = Array.from({ length: o.kills }, () => 2_000 + Math.floor(random() * 25_000)).sort((a, b) => a - b);
@@ -258,7 +300,7 @@ async function main() {
         const reply = once(engines[0], 'status');
         engines[0].send({ type: 'status' });
         const status = await Promise.race([reply, sleep(5_000).then(() => undefined)]);
-        if (status?.submitted && status.open === 0) {
+        if (status?.submitted && apiSubmitted && status.open === 0) {
           settled = true;
           break;
         }
@@ -267,6 +309,7 @@ async function main() {
       }
     }
     say(settled ? 'every command settled' : 'timed out before every command settled');
+    await apiSubmission;
 
     // --- Stop the engines, switch faults off, collect the evidence.
     for (const e of engines) e.kill('SIGTERM');
@@ -308,6 +351,7 @@ async function main() {
     const report = check({
       ledger: checkerLedger,
       claims,
+      ...(o.submit === 'api' ? { receipts } : {}),
       writeLog,
       finalRead,
       logs,
@@ -316,7 +360,7 @@ async function main() {
       businessKeySystem: BUSINESS_KEY_SYSTEM,
     });
     const sensitivity = o.broken ? { variant: o.broken, expected: `${SENSITIVITY[o.broken].expect} > 0`, detected: SENSITIVITY[o.broken].detected(report) } : undefined;
-    const out = { ...report, store: o.store, engines: o.engines, kills, settled, unsettled, states: stateCounts, seconds: Math.round((Date.now() - started) / 1000), ...(sensitivity ? { sensitivity } : {}) };
+    const out = { ...report, store: o.store, engines: o.engines, submit: o.submit, ...(o.submit === 'api' ? { submissions: submitStats } : {}), kills, settled, unsettled, states: stateCounts, seconds: Math.round((Date.now() - started) / 1000), ...(sensitivity ? { sensitivity } : {}) };
     process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
     if (o.json && o.json !== true) writeFileSync(o.json, `${JSON.stringify(out, null, 2)}\n`);
     if (sensitivity) process.exitCode = sensitivity.detected ? 0 : 1;
@@ -330,6 +374,67 @@ async function main() {
       await admin.connect();
       await admin.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
       await admin.end();
+    }
+  }
+}
+
+/**
+ * Submits the ledger over HTTP in ledger order, paced over API_SUBMIT_SPREAD_MS, to whichever engine is up (they
+ * restart after SIGKILLs on new ports). A 202 is a receipt; a connection error, a 5xx or a 409 (the same key still
+ * being accepted) is retried with the same Idempotency-Key, which is what makes the retry safe.
+ */
+async function submitOverApi({ lines, apiUrls, apiKey, started, deadline, receipts, stats }) {
+  const interval = API_SUBMIT_SPREAD_MS / Math.max(1, lines.length);
+  for (const [i, line] of lines.entries()) {
+    const wait = started + i * interval - Date.now();
+    if (wait > 0) await sleep(wait);
+    const intent = JSON.parse(line);
+    const body = JSON.stringify({
+      tenantId: 'chaos-clinic',
+      context: 'system',
+      action: intent.engineAction,
+      resourceType: intent.resourceType,
+      resource: intent.resource,
+      businessKey: intent.key,
+      sourceTimestamp: intent.seq,
+      requestedBy: 'chaos-harness',
+    });
+    for (let attempt = 0; ; attempt++) {
+      if (Date.now() > deadline) throw new Error(`API submission did not finish before the timeout (at ${intent.commandId})`);
+      const up = apiUrls.filter(Boolean);
+      const url = up[(i + attempt) % Math.max(1, up.length)];
+      if (!url) {
+        await sleep(50);
+        continue;
+      }
+      let res;
+      try {
+        res = await fetch(`${url}/v1/commands`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${apiKey}`, 'content-type': 'application/json', 'idempotency-key': intent.commandId },
+          body,
+          signal: AbortSignal.timeout(10_000),
+        });
+      } catch {
+        stats.retries++;
+        await sleep(50);
+        continue;
+      }
+      const answer = await res.json().catch(() => ({}));
+      if (res.status === 202) {
+        receipts.push(intent.commandId);
+        if (answer.created === false) stats.replayed++;
+        else stats.accepted++;
+        break;
+      }
+      if (res.status === 409 || res.status >= 500) {
+        stats.retries++;
+        await sleep(50);
+        continue;
+      }
+      stats.failed++;
+      process.stderr.write(`[chaos] ${intent.commandId} refused by the API: HTTP ${res.status} ${answer?.issue?.[0]?.details?.coding?.[0]?.code ?? ''}\n`);
+      break;
     }
   }
 }

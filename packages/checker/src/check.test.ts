@@ -74,6 +74,27 @@ describe('lost', () => {
     expect(r.ambiguous).toBe(1);
   });
 
+  it('a receipted command the engine has no record of is lost; without the receipt it is dropped', () => {
+    const h = new History();
+    h.intent('c1', 'a', obs('a', 70));
+    h.intent('c2', 'b', obs('b', 71));
+    h.claim('c2', 'verified');
+    h.create(obs('b', 71));
+    const receipted = check(h.inputs({ receipts: ['c1', 'c2'] }));
+    expect(violations(receipted)).toEqual({ ...NO_VIOLATIONS, lost: 1 });
+    expect(receipted.details.lost).toEqual([{ businessKey: bk('a'), commandIds: ['c1'], note: expect.stringContaining('1 receipted command(s) the engine has no record of') as unknown }]);
+    expect(violations(check(h.inputs()))).toEqual({ ...NO_VIOLATIONS, dropped: 1 });
+  });
+
+  it('warns about receipts for commands outside the ledger, and about receipts without claims', () => {
+    const h = new History();
+    h.intent('c1', 'a', obs('a', 70));
+    h.claim('c1', 'verified');
+    h.create(obs('a', 70));
+    expect(check(h.inputs({ receipts: ['c1', 'zz'] })).details.warnings).toEqual([expect.stringContaining('receipts for commands that are not in the ledger') as unknown]);
+    expect(() => check(h.inputs({ receipts: [{} as unknown as string] }))).toThrow(/receipts\[0\]/);
+  });
+
   it('a no-reason rejection whose key was written and then deleted is lost (it cannot be "dropped": something was written)', () => {
     const h = new History();
     h.intent('c1', 'a', obs('a', 70));

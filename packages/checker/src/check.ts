@@ -13,7 +13,7 @@ import {
   type ViolationExample,
   type WriteLogEntry,
 } from './types.js';
-import { splitBusinessKey, toClaim, toLedgerEntry, toResource, toWriteLogEntry } from './validate.js';
+import { splitBusinessKey, toClaim, toLedgerEntry, toReceipt, toResource, toWriteLogEntry } from './validate.js';
 
 /*
  * The checker is Jepsen's `total-queue` checker adapted from a queue to EHR state (reliability.md, "Independent
@@ -41,19 +41,20 @@ const SUPERSEDED_STATE = 'superseded';
  * - `unresolved`: claims were supplied but this command has none, or a non-final one (`unknown`, `in_flight`,
  *   `retry_wait`, `conflict`, or any state this checker does not know).
  * - `unclaimed`: no claims were supplied at all; the outcome is simply unknown to the checker.
+ * - `forgotten`: the engine acknowledged receiving it (a receipt), yet the claims know nothing of it.
  */
-type Disposition = 'acknowledged' | 'quarantined' | 'superseded' | 'silent' | 'unresolved' | 'unclaimed';
+type Disposition = 'acknowledged' | 'quarantined' | 'superseded' | 'silent' | 'unresolved' | 'unclaimed' | 'forgotten';
 
-function dispositionOf(claim: Claim | undefined, claimsSupplied: boolean, laterIntentExists: boolean): Disposition {
+function dispositionOf(claim: Claim | undefined, claimsSupplied: boolean, laterIntentExists: boolean, receipted: boolean): Disposition {
   if (!claimsSupplied) return 'unclaimed';
-  if (!claim) return 'unresolved';
+  if (!claim) return receipted ? 'forgotten' : 'unresolved';
   if (ACKNOWLEDGED_STATES.has(claim.state)) return 'acknowledged';
   if (ACCOUNTED_NEGATIVE_STATES.has(claim.state)) return (claim.reason ?? '').trim() ? 'quarantined' : 'silent';
   if (claim.state === SUPERSEDED_STATE) return laterIntentExists ? 'superseded' : 'silent';
   return 'unresolved';
 }
 
-const isAmbiguous = (d: Disposition): boolean => d === 'unclaimed' || d === 'unresolved';
+const isAmbiguous = (d: Disposition): boolean => d === 'unclaimed' || d === 'unresolved' || d === 'forgotten';
 
 /** `Type/id`, the identity of a resource in the EHR. */
 const refOf = (r: { resourceType: string; id?: string | undefined }): string => `${r.resourceType}/${r.id ?? ''}`;
@@ -146,6 +147,7 @@ export function check(inputs: CheckInputs): CheckReport {
   const ledger = inputs.ledger.map((e, i) => toLedgerEntry(e, `ledger[${i}]`));
   const claimsSupplied = inputs.claims !== undefined;
   const claimList = (inputs.claims ?? []).map((c, i) => toClaim(c, `claims[${i}]`));
+  const receipts = new Set((inputs.receipts ?? []).map((r, i) => toReceipt(r, `receipts[${i}]`)));
   const writeLog = inputs.writeLog.map((e, i) => toWriteLogEntry(e, `writeLog[${i}]`)).sort((a, b) => a.seq - b.seq);
   const finalRead = inputs.finalRead.map((r, i) => toResource(r, `finalRead[${i}]`));
   const warnings = new Warnings();
@@ -177,6 +179,8 @@ export function check(inputs: CheckInputs): CheckReport {
     claims.set(c.commandId, c);
     if (!commandIds.has(c.commandId)) warnings.add('claims for commands that are not in the ledger', c.commandId);
   }
+  for (const r of receipts) if (!commandIds.has(r)) warnings.add('receipts for commands that are not in the ledger', r);
+  if (receipts.size > 0 && !claimsSupplied) warnings.add('receipts without claims (receipts are judged against the claims)', 'receipts');
 
   // --- The final read: live resources by Type/id and by identifier key.
   const liveByRef = new Map<string, { resource: Resource; index: number }>();
@@ -228,7 +232,7 @@ export function check(inputs: CheckInputs): CheckReport {
     const live = liveByKey.get(key) ?? [];
     const kw = writesByKey.get(key);
     const written = live.length > 0 || (kw?.writes ?? 0) > 0;
-    const disp = cmds.map((c, i) => dispositionOf(claims.get(c.commandId), claimsSupplied, i < cmds.length - 1));
+    const disp = cmds.map((c, i) => dispositionOf(claims.get(c.commandId), claimsSupplied, i < cmds.length - 1, receipts.has(c.commandId)));
 
     const expectedApplied: LedgerEntry[] = [];
     let anyExpectation = false;
@@ -278,10 +282,11 @@ export function check(inputs: CheckInputs): CheckReport {
     if (live.length === 0) {
       if (target) {
         const deleted = [...(kw?.refs ?? [])].filter((r) => lastByRef.get(r)?.op === 'delete').length;
+        const forgotten = cmds.filter((_, i) => disp[i] === 'forgotten').length;
         tally.add('lost', {
           businessKey: key,
           commandIds: expectedApplied.map((c) => c.commandId),
-          note: `no live resource carries the key; write log: ${creates} create(s), ${deleted} of the key's resource(s) deleted`,
+          note: `no live resource carries the key; write log: ${creates} create(s), ${deleted} of the key's resource(s) deleted${forgotten ? `; ${forgotten} receipted command(s) the engine has no record of` : ''}`,
         });
       }
       continue;

@@ -69,6 +69,21 @@ describe('tether-check main(argv)', () => {
     expect(stderr).toMatch(/seed 11: 2 commands.*0 lost, 0 duplicated.*→ OK\n$/);
   });
 
+  it('--receipts: a receipted command the engine has no record of is lost (exit 1)', async () => {
+    const h = new History();
+    h.intent('c1', 'a', obs('a', 70));
+    h.intent('c2', 'b', obs('b', 71));
+    h.claim('c2', 'verified');
+    h.create(obs('b', 71));
+    const { args, at } = await files('receipts', h);
+    await writeFile(at('receipts.ndjson'), ndjson([{ commandId: 'c1' }, { commandId: 'c2' }]));
+    const withReceipts = await run([...args, '--receipts', at('receipts.ndjson')]);
+    expect(withReceipts.code).toBe(1);
+    expect(JSON.parse(withReceipts.stdout)).toMatchObject({ lost: 1, dropped: 0 });
+    const without = await run(args);
+    expect(JSON.parse(without.stdout)).toMatchObject({ lost: 0, dropped: 1 });
+  });
+
   it('exits 1 on a violation, 0 for stale with --allow-stale, and writes --json', async () => {
     const h = new History();
     h.intent('c1', 'a', obs('a', 70));

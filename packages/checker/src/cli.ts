@@ -5,7 +5,7 @@ import { check, isViolation } from './check.js';
 import { CheckerInputError, isCheckerInputError } from './errors.js';
 import { readNdjson, readText } from './ndjson.js';
 import type { CheckReport, LedgerEntry, LogText } from './types.js';
-import { splitBusinessKey, toClaim, toLedgerEntry, toResource, toWriteLogEntry } from './validate.js';
+import { splitBusinessKey, toClaim, toLedgerEntry, toReceipt, toResource, toWriteLogEntry } from './validate.js';
 
 /** Exit codes of `tether-check`. */
 export const EXIT = Object.freeze({
@@ -30,6 +30,8 @@ Required:
 Options:
   --claims FILE                 engine claims (NDJSON: commandId, state, reason?, ehrId?); the last line per
                                 command wins. Without it, every command counts as ambiguous.
+  --receipts FILE               commands the engine acknowledged receiving (NDJSON: commandId, e.g. the
+                                HTTP 202s); a receipted command the claims do not know is lost, not dropped
   --logs PATH...                log files or directories (scanned recursively) to search for PHI canaries;
                                 repeatable, and extra arguments after the options are log paths too
   --faults FILE                 fault stats JSON (the sandbox's /_admin/faults/stats), copied into "faults"
@@ -67,6 +69,7 @@ export async function main(argv: readonly string[], io: CliIo = { stdout: proces
         'write-log': { type: 'string' },
         final: { type: 'string' },
         claims: { type: 'string' },
+        receipts: { type: 'string' },
         logs: { type: 'string', multiple: true },
         faults: { type: 'string' },
         seed: { type: 'string' },
@@ -91,11 +94,12 @@ export async function main(argv: readonly string[], io: CliIo = { stdout: proces
   }
 
   try {
-    const [ledger, writeLog, finalRead, claims, faults, logs] = await Promise.all([
+    const [ledger, writeLog, finalRead, claims, receipts, faults, logs] = await Promise.all([
       readNdjson(values.ledger as string, toLedgerEntry),
       readNdjson(values['write-log'] as string, toWriteLogEntry),
       readNdjson(values.final as string, toResource),
       values.claims === undefined ? undefined : readNdjson(values.claims, toClaim),
+      values.receipts === undefined ? undefined : readNdjson(values.receipts, toReceipt),
       values.faults === undefined ? undefined : readJson(values.faults),
       readLogs([...(values.logs ?? []), ...positionals]),
     ]);
@@ -107,6 +111,7 @@ export async function main(argv: readonly string[], io: CliIo = { stdout: proces
       logs,
       businessKeySystem,
       ...(claims ? { claims } : {}),
+      ...(receipts ? { receipts } : {}),
       ...(faults !== undefined ? { faults } : {}),
       ...(values.seed !== undefined ? { seed: parseSeed(values.seed) } : {}),
     });

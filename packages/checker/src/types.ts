@@ -71,6 +71,13 @@ export interface CheckInputs {
    * claim is not the same as a missing claim). When given, a command without a claim is unresolved.
    */
   readonly claims?: readonly Claim[];
+  /**
+   * Receipts: the command ids whose acceptance the engine acknowledged to the submitter (for example an HTTP
+   * 202 from `POST /v1/commands`), as the load generator recorded them. A receipted command the claims know
+   * nothing about was forgotten after it was acknowledged: the engine owes it, so an absent key is `lost` (not
+   * `dropped`). Only meaningful together with `claims`.
+   */
+  readonly receipts?: readonly string[];
   readonly writeLog: readonly WriteLogEntry[];
   /** Every live resource the EHR holds at the end (at least every one carrying a business key). */
   readonly finalRead: readonly Resource[];

@@ -103,6 +103,12 @@ export function toClaim(value: unknown, where: string): Claim {
   };
 }
 
+/** Validates one receipt: a command id, or an object `{ commandId }` (a line of a receipts NDJSON file). */
+export function toReceipt(value: unknown, where: string): string {
+  if (typeof value === 'string' && value.length > 0) return value;
+  return str(asObject(value, where, 'a receipt'), 'commandId', where);
+}
+
 /** Validates one EHR write-log record. */
 export function toWriteLogEntry(value: unknown, where: string): WriteLogEntry {
   const o = asObject(value, where, 'a write-log entry');

@@ -39,6 +39,7 @@ export {
   DEFAULT_USER_AGENT,
   RETRY_AFTER_SANITY_CAP_MS,
   defaultDispatcherFactory,
+  ehrClientSettingsSchema,
   resolveClientOptions,
 } from './options.js';
 export type {

@@ -135,7 +135,8 @@ const RateLimitSchema = z.strictObject({
   refillPerSecond: z.number().positive().max(1_000_000),
 });
 
-const SettingsSchema = z
+/** The plain settings of the EHR client (also the `client` section of the service configuration). */
+export const ehrClientSettingsSchema = z
   .strictObject({
     connectTimeoutMs: ms().default(DEFAULT_CONNECT_TIMEOUT_MS),
     headersTimeoutMs: ms().default(DEFAULT_HEADERS_TIMEOUT_MS),
@@ -173,7 +174,7 @@ const SettingsSchema = z
   });
 
 /** The plain settings, as accepted (every field optional; see the `DEFAULT_*` constants). */
-export type EhrClientSettings = z.input<typeof SettingsSchema>;
+export type EhrClientSettings = z.input<typeof ehrClientSettingsSchema>;
 
 /** A token bucket: `capacity` requests in a burst, refilled at `refillPerSecond`. */
 export type RateLimit = z.output<typeof RateLimitSchema>;
@@ -225,7 +226,7 @@ export interface EhrClientOptions extends EhrClientSettings {
 }
 
 /** The validated, frozen plain settings. */
-export type ResolvedSettings = Readonly<z.output<typeof SettingsSchema>> & { readonly rateLimit: Readonly<RateLimit> | null };
+export type ResolvedSettings = Readonly<z.output<typeof ehrClientSettingsSchema>> & { readonly rateLimit: Readonly<RateLimit> | null };
 
 /** Validated options: frozen settings plus the resolved seams. */
 export interface ResolvedClientOptions {
@@ -356,7 +357,7 @@ export function resolveClientOptions(input: EhrClientOptions): ResolvedClientOpt
   for (const [key, value] of Object.entries(input)) {
     if (!(SEAMS as readonly string[]).includes(key)) plain[key] = value;
   }
-  const parsed = SettingsSchema.safeParse(plain);
+  const parsed = ehrClientSettingsSchema.safeParse(plain);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
     throw invalid(issue?.path.join('.') || '(options)', issue?.message ?? 'invalid');

@@ -40,6 +40,18 @@ describe('loadServiceConfig', () => {
     );
   });
 
+
+  it('takes EHR client settings (docs/client.md) and names a bad one', () => {
+    const c = loadServiceConfig({ env: {}, cwd: dir, file: file('client.json', { client: { attemptTimeoutMs: 4_000, rateLimit: null } }) });
+    expect(c.client).toMatchObject({ attemptTimeoutMs: 4_000, rateLimit: null, deadlineMs: expect.any(Number) as unknown });
+    expect(loadServiceConfig({ env: {}, cwd: dir }).client).toBeUndefined();
+    expect(() => loadServiceConfig({ env: {}, cwd: dir, file: file('client-bad.json', { client: { attemptTimeoutMs: -1 } }) })).toThrow(
+      expect.objectContaining({ code: 'CONFIG_INVALID', message: expect.stringContaining('client.attemptTimeoutMs') }),
+    );
+    expect(() => loadServiceConfig({ env: {}, cwd: dir, file: file('client-typo.json', { client: { atemptTimeoutMs: 1 } }) })).toThrow(
+      expect.objectContaining({ code: 'CONFIG_INVALID', message: expect.stringContaining('atemptTimeoutMs') }),
+    );
+  });
   it('production fails closed: no master key, the embedded sandbox, or no API auth setting', () => {
     const safe = { TETHER_MODE: 'production', TETHER_MASTER_KEY: MASTER, TETHER_SANDBOX: 'off', TETHER_API_AUTH: 'api-key' };
     expect(loadServiceConfig({ env: safe, cwd: dir })).toMatchObject({ mode: 'production', sandbox: { enabled: false }, api: { auth: 'api-key' } });

@@ -8,6 +8,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { TetherError } from '@tether/core';
+import { ehrClientSettingsSchema } from '../client/index.js';
 import type { TenantRecord } from '../store/index.js';
 
 const port = z.number().int().min(0).max(65_535);
@@ -67,6 +68,11 @@ export const serviceConfigSchema = z
       })
       .strict()
       .default({ enabled: true, concurrency: 8, leaseMs: 30_000, pollIntervalMs: 200, verifyWindowMs: 5_000, maxAttempts: 8, backoffBaseMs: 1_000, backoffMaxMs: 300_000 }),
+    /**
+     * EHR client settings (timeouts, retries, breaker, concurrency, rate limit): every option of docs/client.md,
+     * each optional with the documented default.
+     */
+    client: ehrClientSettingsSchema.optional(),
     log: z
       .object({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
       .strict()

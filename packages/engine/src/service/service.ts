@@ -113,6 +113,7 @@ export async function startService(config: ServiceConfig, seams: ServiceSeams = 
     }
 
     const client = createEhrClient({
+      ...config.client,
       tokenProvider: broker,
       onEvent: (event) => {
         metrics.observeClient(event);
