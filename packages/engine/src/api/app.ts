@@ -629,11 +629,32 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
       return { records };
     },
   );
-  r('GET', '/v1/audit/verify', { roles: OPERATE }, { summary: 'Verify the whole hash chain: modified, deleted or reordered records (seqs and kinds only).', tags: ['audit'] }, async (request) => {
-    const who = caller(request);
-    if (who.key.tenants !== null) throw new TetherError('API_FORBIDDEN', 'Verifying the whole chain needs a key that is not limited to tenants.');
-    return needAudit().verify();
-  });
+  const verifyQuery = z
+    .object({
+      /** Heads exported earlier (`SEQ:HASH`, repeatable) that must still match. */
+      anchor: z
+        .union([z.string(), z.array(z.string()).max(100)])
+        .optional()
+        .transform((v) => (v === undefined ? [] : Array.isArray(v) ? v : [v]))
+        .pipe(z.array(z.string().regex(/^\d{1,15}:[0-9a-f]{64}$/, 'SEQ:HASH (a seq and a 64-digit hex hash)'))),
+    })
+    .strict();
+  r<unknown, Record<string, string | string[]>>(
+    'GET',
+    '/v1/audit/verify',
+    { roles: OPERATE },
+    { summary: 'Verify the whole hash chain, and any anchors (?anchor=SEQ:HASH, repeatable): modified, deleted or reordered records (seqs and kinds only).', tags: ['audit'] },
+    async (request) => {
+      const who = caller(request);
+      if (who.key.tenants !== null) throw new TetherError('API_FORBIDDEN', 'Verifying the whole chain needs a key that is not limited to tenants.');
+      const q = parse(verifyQuery, request.query, 'query');
+      const anchors = q.anchor.map((a) => {
+        const [seq, hash] = a.split(':') as [string, string];
+        return { seq: Number(seq), hash };
+      });
+      return needAudit().verify({ anchors });
+    },
+  );
   r<unknown, Record<string, string>>(
     'GET',
     '/v1/audit/export',

@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AuditLog } from '../audit/index.js';
 import { PgTestDatabases, pgQuery } from '../store/__fixtures__/test-databases.js';
 import { PostgresStore, SqliteStore, type Store } from '../store/index.js';
+import { startTestService } from '../service/__fixtures__/service.js';
 
 const BIN = fileURLToPath(new URL('../../bin/tether.js', import.meta.url));
 
@@ -165,6 +166,36 @@ describe('tether audit verify (SQLite, default data dir layout)', () => {
     expect((await run(['audit', 'verify', '--anchor', 'nonsense'])).code).toBe(2);
     expect((await run(['audit', 'verify', '--store', 'mysql'])).code).toBe(2);
     expect((await run(['audit', 'verify', '--store', 'postgres'])).code).toBe(2);
+  });
+});
+
+describe('tether audit verify against a running service', () => {
+  it('falls back to the API when the service holds the SQLite store, and takes --url, --key and anchors', async () => {
+    const t = await startTestService({ worker: { enabled: false } });
+    try {
+      await t.api('POST', '/v1/tenants/demo/resume', { body: { reason: 'audit test' } });
+      const dataDir = join(t.dir, '.tether');
+      const env = { TETHER_API_KEY: t.adminKey, TETHER_URL: t.svc.url };
+      const fallback = await run(['audit', 'verify', '--data-dir', dataDir, '--json'], env);
+      expect(fallback.stderr).toContain('held by a running service; verifying through its API');
+      expect(fallback.code).toBe(0);
+      const verdict = JSON.parse(fallback.stdout) as { ok: boolean; checked: number; head: { seq: number; hash: string } };
+      expect(verdict).toMatchObject({ ok: true });
+      expect(verdict.checked).toBeGreaterThan(0);
+      // The head printed now is an anchor later; a wrong hash for that seq is reported as tampering (exit 1).
+      const anchor = `${verdict.head.seq}:${verdict.head.hash}`;
+      expect((await run(['audit', 'verify', '--url', t.svc.url, '--key', t.adminKey, '--anchor', anchor])).code).toBe(0);
+      const forged = `${verdict.head.seq}:${'0'.repeat(64)}`;
+      const bad = await run(['audit', 'verify', '--url', t.svc.url, '--key', t.adminKey, '--anchor', forged]);
+      expect(bad.code).toBe(1);
+      expect(bad.stdout).toContain('TAMPERED');
+      // A wrong key is not a verdict: exit 2.
+      const denied = await run(['audit', 'verify', '--url', t.svc.url, '--key', 'tk_wrong']);
+      expect(denied.code).toBe(2);
+      expect(denied.stderr).toContain('API_UNAUTHENTICATED');
+    } finally {
+      await t.close();
+    }
   });
 });
 

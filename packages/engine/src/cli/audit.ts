@@ -3,6 +3,10 @@
  * anchors given. Exit 0 when intact, 1 when tampered with (each problem printed as a seq and a kind, never a
  * record's contents), 2 when it could not verify (usage, configuration, store unreachable or busy).
  *
+ * With `--url` (or when the SQLite store is held by a running `tether start`, which keeps it exclusively) it asks
+ * the service instead: `GET /v1/audit/verify`, with the key from `--key`, `TETHER_API_KEY` or
+ * `<data dir>/admin-api-key`. Same verdicts and exit codes.
+ *
  * `tether audit export`: the records as FHIR R4 AuditEvent, NDJSON on stdout.
  *
  * The store is chosen by flags, then the environment (`TETHER_STORE`, `TETHER_POSTGRES_URL`,
@@ -15,6 +19,7 @@ import { InvalidArgumentError, Option, type Command } from 'commander';
 import { isTetherError, TetherError, type AuditHead, type AuditProblem } from '@tether/core';
 import { AuditLog } from '../audit/index.js';
 import { createStore, type Store } from '../store/index.js';
+import { callApi } from './remote.js';
 
 const EXIT = { Intact: 0, Tampered: 1, CannotVerify: 2 } as const;
 
@@ -28,7 +33,38 @@ interface StoreFlags {
 interface VerifyOptions extends StoreFlags {
   readonly anchor: AuditHead[];
   readonly json?: boolean;
+  readonly url?: string;
+  readonly key?: string;
 }
+
+/** What a verification found (the fields of AuditVerification this command prints). */
+interface Verdict {
+  readonly ok: boolean;
+  readonly checked: number;
+  readonly last?: AuditHead | undefined;
+  readonly problemCount: number;
+  readonly problems: readonly AuditProblem[];
+}
+
+/** Reads the chain from the store itself. */
+async function verifyFromStore(o: VerifyOptions): Promise<Verdict> {
+  const store = openStore(o, process.env);
+  try {
+    await store.migrate();
+    return await new AuditLog({ store }).verify({ anchors: o.anchor });
+  } finally {
+    await store.close();
+  }
+}
+
+/** Asks the running service (`GET /v1/audit/verify`). */
+async function verifyThroughApi(o: VerifyOptions): Promise<Verdict> {
+  const query = o.anchor.map((a) => `anchor=${a.seq}:${a.hash}`).join('&');
+  return callApi<Verdict>({ ...(o.url ? { url: o.url } : {}), ...(o.key ? { key: o.key } : {}) }, 'GET', `/v1/audit/verify${query ? `?${query}` : ''}`);
+}
+
+/** The SQLite file is held exclusively by another process (a running `tether start`). */
+const storeBusy = (err: unknown): boolean => isTetherError(err) && err.code === 'STORE_UNAVAILABLE' && /SQLITE_BUSY|SQLITE_LOCKED/.test(err.message);
 
 interface ExportOptions extends StoreFlags {
   readonly after: number;
@@ -88,20 +124,28 @@ export function registerAuditCommands(program: Command): void {
     .description('Check the audit log for modified, deleted or reordered records. Exit 0 intact, 1 tampered, 2 could not verify.')
     .option('--anchor <seq:hash>', 'a head exported earlier that must still match (repeatable)', parseAnchor, [])
     .option('--json', 'print the result as JSON')
+    .option('--url <url>', 'verify through the API of a running service (default when the SQLite store is held by one: TETHER_URL or http://127.0.0.1:8080)')
+    .option('--key <key>', 'API key for --url (default TETHER_API_KEY or <data dir>/admin-api-key)')
     .action(async (o: VerifyOptions) => {
-      const store = openStore(o, process.env);
-      let result;
+      let result: Verdict;
       try {
-        await store.migrate();
-        result = await new AuditLog({ store }).verify({ anchors: o.anchor });
+        if (o.url !== undefined) {
+          result = await verifyThroughApi(o);
+        } else {
+          try {
+            result = await verifyFromStore(o);
+          } catch (err) {
+            if (!storeBusy(err)) throw err;
+            process.stderr.write('tether: the store is held by a running service; verifying through its API.\n');
+            result = await verifyThroughApi(o);
+          }
+        }
       } catch (err) {
-        // Not a verdict on the chain: the store could not be read. Never exit 1 for this (1 means tampered).
-        const code = isTetherError(err) ? err.code : 'INTERNAL';
+        // Not a verdict on the chain: the store or the API could not be read. Never exit 1 for this (1 means tampered).
+        const code = isTetherError(err) ? err.code : ((err as { code?: string }).code ?? 'INTERNAL');
         process.stderr.write(`tether: could not verify the audit log (${code}): ${err instanceof Error ? err.message : String(err)}\n`);
         process.exitCode = EXIT.CannotVerify;
         return;
-      } finally {
-        await store.close();
       }
       if (o.json) {
         process.stdout.write(`${JSON.stringify({ ok: result.ok, checked: result.checked, head: result.last ?? null, problemCount: result.problemCount, problems: result.problems }, null, 2)}\n`);
