@@ -63,6 +63,14 @@ describe('commands over HTTP', () => {
     const log = await t.sandboxAdmin('/_admin/write-log');
     const creates = log.filter((e: { op: string; id: string }) => e.op === 'create' && e.id === done.command.ehrId);
     expect(creates).toHaveLength(1);
+    // One correlation id from the API through the worker to the EHR: the command id is answered in
+    // X-Correlation-Id, recorded on the attempt, sent to the EHR (its write log keeps it), and in our log lines.
+    const id = res.body.id as string;
+    expect(res.headers['x-correlation-id']).toBe(id);
+    expect(done.attempts[0].correlationId).toMatch(new RegExp(`^${id}\\.\\d+$`));
+    expect(creates[0].requestId).toBe(done.attempts[0].correlationId);
+    const lines = t.logs.map((l) => JSON.parse(l) as { commandId?: string; msg?: string });
+    expect(lines.filter((l) => l.commandId === id).map((l) => l.msg)).toEqual(expect.arrayContaining(['command accepted', 'writeback']));
   });
 
   it('honours Idempotency-Key: same payload returns the original, another payload is 422', async () => {
