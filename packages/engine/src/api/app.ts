@@ -105,10 +105,11 @@ const caller = (request: FastifyRequest): Caller => {
 
 /** The API's view of a command: the resource and business key only for roles that see PHI. */
 export function commandView(command: CommandRecord, who: Caller, tokenizer: IdentifierTokenizer): Record<string, unknown> {
-  const { resource, businessKey, idempotencyKey, payloadHash: _hash, ...rest } = command;
+  const { resource, businessKey, idempotencyKey, patientRef, payloadHash: _hash, ...rest } = command;
   return {
     ...rest,
     businessKey: who.seesPhi ? businessKey : tokenizer.token(businessKey),
+    patientRef: who.seesPhi || patientRef === null ? patientRef : tokenizer.token(patientRef),
     idempotencyKey: who.seesPhi ? idempotencyKey : idempotencyKey === null ? null : tokenizer.token(idempotencyKey),
     resource: who.seesPhi ? resource : { resourceType: command.resourceType, masked: true },
   };

@@ -1,6 +1,7 @@
 /**
  * OpenTelemetry: with an SDK registered by the host (here the real @opentelemetry/sdk-trace-base with an
- * in-memory exporter), every API request produces a span carrying route, status and the command id, never PHI.
+ * in-memory exporter), every API request produces a span carrying route, status and the command id; every
+ * write-back attempt a span with the command id and outcome, parent of the EHR client's spans; never PHI.
  */
 import { trace } from '@opentelemetry/api';
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
@@ -20,7 +21,7 @@ afterAll(async () => {
   trace.disable();
 });
 
-it('records one span per API request with route, status, actor and command id, and no PHI', async () => {
+it('records spans for the API request, the write-back attempt and its EHR call, with ids and outcomes and no PHI', async () => {
   const res = await t.api('POST', '/v1/commands', {
     body: { tenantId: 'demo', context: 'system', action: 'create', resourceType: 'Observation', resource: canaryObservation('CANARY-OTEL-1'), businessKey: 'otel:1' },
   });
@@ -37,7 +38,19 @@ it('records one span per API request with route, status, actor and command id, a
     'tether.actor': expect.any(String),
   });
   expect(spans.some((s) => s.name === 'tether.api GET unmatched' && s.attributes['http.response.status_code'] === 404)).toBe(true);
-  const everything = JSON.stringify(spans.map((s) => ({ name: s.name, attributes: s.attributes, events: s.events })));
+
+  // The worker's attempt, and under it the EHR call (its span id is what the sandbox received in traceparent).
+  await t.waitFor(res.body.id as string, (state) => state === 'verified');
+  const all = exporter.getFinishedSpans();
+  const attempt = all.find((s) => s.name === 'tether.writeback.attempt' && s.attributes['tether.command_id'] === res.body.id);
+  expect(attempt?.attributes).toMatchObject({ 'tether.tenant': 'demo', 'fhir.resource_type': 'Observation', 'tether.action': 'create', 'tether.attempt': 1, 'tether.outcome': 'applied', 'tether.state': 'verified' });
+  const ehr = all.filter((s) => s.name === 'tether.ehr POST' && s.spanContext().traceId === attempt?.spanContext().traceId);
+  expect(ehr).toHaveLength(1);
+  const parentId = ehr[0]?.parentSpanContext?.spanId ?? (ehr[0] as unknown as { parentSpanId?: string }).parentSpanId;
+  expect(parentId).toBe(attempt?.spanContext().spanId);
+  expect(ehr[0]?.attributes).toMatchObject({ 'http.response.status_code': 201, 'tether.outcome': 'applied', 'tether.correlation_id': `${res.body.id as string}.1` });
+
+  const everything = JSON.stringify(all.map((s) => ({ name: s.name, attributes: s.attributes, events: s.events })));
   expect(everything).not.toContain('CANARY-OTEL-1');
   expect(everything).not.toContain('otel:1');
 });

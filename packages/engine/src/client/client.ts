@@ -36,7 +36,8 @@ import { classifyRequest, ID_PATTERN, RESOURCE_TYPE_PATTERN, type HttpMethod, ty
 import { resolveClientOptions, type EhrClientOptions, type RateLimit, type ResolvedClientOptions } from './options.js';
 import { inProcessRateLimiter, type RateLimiter } from './rate-limiter.js';
 import { backoffDelay, parseRetryAfter } from './retry.js';
-import { attemptSpanId, correlationIdFor, startTrace, type TraceContext } from './trace.js';
+import type { Span } from '@opentelemetry/api';
+import { AttemptTracing, attemptSpanId, correlationIdFor, startTrace, type TraceContext } from './trace.js';
 import { CallAbort, sendOnce, type IncomingHttpHeaders, type TransportRequest, type TransportResult, type TransportTimers } from './transport.js';
 import { DeadlineTimers } from './deadlines.js';
 import type {
@@ -205,11 +206,13 @@ interface CallState {
   origin: OriginState | undefined;
   /** The span id of the last attempt (for its log line). */
   spanId: string;
+  /** The OpenTelemetry span of the attempt in progress, when an SDK records one. */
+  span: Span | undefined;
 }
 
 /** A fresh {@link CallState}. */
 function newCallState(): CallState {
-  return { attempts: 0, refreshed: false, token: undefined, permit: undefined, origin: undefined, spanId: '' };
+  return { attempts: 0, refreshed: false, token: undefined, permit: undefined, origin: undefined, spanId: '', span: undefined };
 }
 
 /** {@link admit}'s answer when the request must wait for a rate limit first. */
@@ -308,6 +311,7 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
   const o: ResolvedClientOptions = resolveClientOptions(options);
   const s = o.settings;
   const events = new ClientEvents(o.onEvent, o.logger);
+  const tracing = new AttemptTracing();
   /** Deadlines and attempt budgets: batched on one Node timer, unless the caller injected its own timers. */
   const deadlines: TransportTimers = o.globalTimers ? new DeadlineTimers() : o.timers;
   const rateLimiter: RateLimiter = o.rateLimiter ?? inProcessRateLimiter();
@@ -802,9 +806,26 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
   function attemptRequest(call: PreparedCall, state: CallState, token: string, now: number, signal: CancelSignal): TransportRequest {
     state.token = token;
     state.attempts++;
-    const spanId = attemptSpanId(o.ids);
-    state.spanId = spanId;
-    const traceparent = `00-${call.trace.traceId}-${spanId}-${call.trace.flags}`;
+    const span = tracing.start(call.trace, `tether.ehr ${call.method}`, {
+      'http.request.method': call.method,
+      'tether.tenant': call.target.tenantId,
+      'fhir.resource_type': call.info.resourceType ?? '',
+      'fhir.interaction': call.info.interaction,
+      'tether.correlation_id': call.correlationId,
+      'tether.attempt': state.attempts,
+    });
+    state.span = span;
+    let traceparent: string;
+    if (span) {
+      // The recorded span's own ids go on the wire, so the EHR's side of the trace hangs under it.
+      const sc = span.spanContext();
+      state.spanId = sc.spanId;
+      traceparent = `00-${sc.traceId}-${sc.spanId}-0${sc.traceFlags & 1}`;
+    } else {
+      const spanId = attemptSpanId(o.ids);
+      state.spanId = spanId;
+      traceparent = `00-${call.trace.traceId}-${spanId}-${call.trace.flags}`;
+    }
     // Ours, after the call's own headers (conditional writes, content type: never one of these names).
     const headers: string[] = [
       'accept',
@@ -844,6 +865,11 @@ export function createEhrClient(options: EhrClientOptions): EhrClient {
   function recordAttempt(call: PreparedCall, state: CallState, result: TransportResult, startedAt: number): AttemptRecord {
     state.permit?.report(circuitVerdict(result));
     const status = result.kind === 'failed' ? 0 : result.status;
+    if (state.span) {
+      const { outcome, code } = attemptOutcome(call, result);
+      tracing.end(state.span, status, outcome, code);
+      state.span = undefined;
+    }
     const emitResponse = events.wants('http:response');
     const logAttempt = o.logsDebug();
     if (emitResponse || logAttempt) {

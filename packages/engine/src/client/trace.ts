@@ -7,6 +7,7 @@
  *
  * @see https://www.w3.org/TR/trace-context/#traceparent-header
  */
+import { context as otelContext, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace as otelTrace, type Context, type Span, type Tracer } from '@opentelemetry/api';
 import { TetherError } from '@tether/core';
 import type { IdSource } from './options.js';
 
@@ -78,4 +79,42 @@ export function correlationIdFor(given: string | undefined, ids: IdSource): stri
     });
   }
   return given;
+}
+
+/**
+ * OpenTelemetry (through `@opentelemetry/api`; the host registers an SDK, or nothing is recorded): one CLIENT span
+ * per attempt, `tether.ehr <METHOD>`, whose span id is the one the attempt's `traceparent` carries, so the EHR's
+ * trace joins ours. Parent: the caller's `traceparent` when given (the write-back worker passes its attempt span's),
+ * else the span active in the host's context, else none (a root span). Attributes name the tenant, the resource type
+ * and interaction, the correlation id, the status, the outcome and the error code: never ids, URLs or payloads.
+ */
+export class AttemptTracing {
+  readonly #tracer: Tracer;
+
+  constructor(tracer: Tracer = otelTrace.getTracer('tether')) {
+    this.#tracer = tracer;
+  }
+
+  /** Starts an attempt's span; `undefined` when no SDK records it (the attempt then uses its own ids). */
+  start(call: TraceContext, name: string, attributes: Record<string, string | number>): Span | undefined {
+    let parent: Context;
+    if (call.parentSpanId !== undefined) {
+      parent = otelTrace.setSpanContext(ROOT_CONTEXT, { traceId: call.traceId, spanId: call.parentSpanId, traceFlags: call.flags === '01' ? 1 : 0, isRemote: true });
+    } else {
+      parent = otelContext.active();
+    }
+    const span = this.#tracer.startSpan(name, { kind: SpanKind.CLIENT, attributes }, parent);
+    return span.isRecording() ? span : undefined;
+  }
+
+  /** Ends an attempt's span with what came back. */
+  end(span: Span, status: number, outcome: string | undefined, code: string | undefined): void {
+    if (status > 0) span.setAttribute('http.response.status_code', status);
+    if (outcome !== undefined) span.setAttribute('tether.outcome', outcome);
+    if (code !== undefined) {
+      span.setAttribute('error.type', code);
+      span.setStatus({ code: SpanStatusCode.ERROR, message: code });
+    }
+    span.end();
+  }
 }

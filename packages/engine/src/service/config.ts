@@ -65,9 +65,12 @@ export const serviceConfigSchema = z
         maxAttempts: z.number().int().min(1).max(1_000).default(8),
         backoffBaseMs: z.number().int().min(1).default(1_000),
         backoffMaxMs: z.number().int().min(1).default(300_000),
+        /** Poison protection: patient-specific failures allowed per (tenant, patient) in the window; 0 = off. */
+        patientFailureBudget: z.number().int().min(0).max(1_000_000).default(10),
+        patientFailureWindowMs: z.number().int().min(1_000).default(3_600_000),
       })
       .strict()
-      .default({ enabled: true, concurrency: 8, leaseMs: 30_000, pollIntervalMs: 200, verifyWindowMs: 5_000, maxAttempts: 8, backoffBaseMs: 1_000, backoffMaxMs: 300_000 }),
+      .default({ enabled: true, concurrency: 8, leaseMs: 30_000, pollIntervalMs: 200, verifyWindowMs: 5_000, maxAttempts: 8, backoffBaseMs: 1_000, backoffMaxMs: 300_000, patientFailureBudget: 10, patientFailureWindowMs: 3_600_000 }),
     /**
      * EHR client settings (timeouts, retries, breaker, concurrency, rate limit): every option of docs/client.md,
      * each optional with the documented default.

@@ -171,6 +171,8 @@ export async function startService(config: ServiceConfig, seams: ServiceSeams = 
         maxAttempts: config.worker.maxAttempts,
         backoffBaseMs: config.worker.backoffBaseMs,
         backoffMaxMs: config.worker.backoffMaxMs,
+        patientFailureBudget: config.worker.patientFailureBudget,
+        patientFailureWindowMs: config.worker.patientFailureWindowMs,
         onEvent: (event) => {
           if (event.name === 'command:settled' && event.state === 'verified') {
             void store.commands.get(event.commandId).then(

@@ -53,6 +53,9 @@ const id = z.string().min(1).max(255);
 const epochMs = z.number().int().min(0);
 const state = z.enum(COMMAND_STATE_VALUES);
 
+/** Longest `patientRef` the store keeps (`Patient/` and a FHIR id of at most 64 characters fit with room). */
+export const PATIENT_REF_MAX = 255;
+
 const newCommandSchema = z
   .object({
     id,
@@ -69,6 +72,7 @@ const newCommandSchema = z
     sourceTimestamp: epochMs.nullable(),
     requestedBy: z.string().min(1).max(255),
     deadlineAt: epochMs.nullable(),
+    patientRef: z.string().min(1).max(PATIENT_REF_MAX).nullable().optional(),
   })
   .strict();
 
@@ -100,7 +104,12 @@ const attemptSchema = z
     verification: z.enum(['verified', 'mismatch', 'absent', 'unclear', 'duplicate']).nullable(),
     correlationId: z.string().max(128).nullable(),
     steps: z.string().max(4_096).nullable(),
+    patientFailure: z.boolean(),
   })
+  .strict();
+
+const patientFailuresSchema = z
+  .object({ tenantId: id, patientRef: z.string().min(1).max(PATIENT_REF_MAX), since: epochMs })
   .strict();
 
 const eventSchema = z.object({ kind: z.string().min(1).max(64), actor: z.string().min(1).max(255), reason: z.string().max(4_096).nullable() }).strict();
@@ -110,6 +119,7 @@ const filterSchema = z
     tenantId: id.optional(),
     states: z.array(state).min(1).optional(),
     businessKey: z.string().min(1).max(512).optional(),
+    patientRef: z.string().min(1).max(PATIENT_REF_MAX).optional(),
     limit: z.number().int().min(1).max(MAX_COMMAND_LIST_LIMIT).optional(),
   })
   .strict();
@@ -135,7 +145,14 @@ function parse<S extends z.ZodType>(schema: S, value: unknown, what: string): z.
   return parsed.data;
 }
 
-export const validateNewCommand = (command: NewCommand): NewCommand => parse(newCommandSchema, command, 'command');
+/** The command, validated, with `patientRef` null when not given. */
+export const validateNewCommand = (command: NewCommand): NewCommand & { readonly patientRef: string | null } => {
+  const c = parse(newCommandSchema, command, 'command');
+  return { ...c, patientRef: c.patientRef ?? null };
+};
+/** Arguments of `patientFailures`; a failure names the field, never the value (a patient reference is PHI-adjacent). */
+export const validatePatientFailures = (tenantId: string, patientRef: string, since: number): { tenantId: string; patientRef: string; since: number } =>
+  parse(patientFailuresSchema, { tenantId, patientRef, since }, 'patient failures query');
 export const validateCommandPatch = (patch: CommandPatch): CommandPatch => parse(patchSchema, patch, 'command patch');
 export const validateAttempt = (attempt: CommandAttemptRecord): CommandAttemptRecord => parse(attemptSchema, attempt, 'command attempt');
 export const validateEvent = (event: { kind: string; actor: string; reason: string | null }) => parse(eventSchema, event, 'command event');
@@ -235,6 +252,7 @@ export interface CommandRow {
   generation: number;
   requested_by: string;
   deadline_at: number | string | null;
+  patient_ref: string | null;
   created_at: number | string;
   updated_at: number | string;
   version: number;
@@ -253,6 +271,8 @@ export interface AttemptRow {
   verification: string | null;
   correlation_id: string | null;
   steps: string | null;
+  /** PostgreSQL: boolean; SQLite: 0/1. */
+  patient_failure: boolean | number;
 }
 
 export interface EventRow {
@@ -295,6 +315,7 @@ export function commandFromRow(row: CommandRow): CommandRecord {
     generation: row.generation,
     requestedBy: row.requested_by,
     deadlineAt: msOrNull(row.deadline_at),
+    patientRef: row.patient_ref,
     createdAt: ms(row.created_at),
     updatedAt: ms(row.updated_at),
     version: row.version,
@@ -315,6 +336,7 @@ export function attemptFromRow(row: AttemptRow): CommandAttemptRecord {
     verification: row.verification as CommandVerification | null,
     correlationId: row.correlation_id,
     steps: row.steps,
+    patientFailure: row.patient_failure === true || row.patient_failure === 1,
   };
 }
 

@@ -19,6 +19,7 @@ import {
   validateFilter,
   validateLease,
   validateNewCommand,
+  validatePatientFailures,
   WAITING_STATES,
   WORKING_STATES,
   type AttemptRow,
@@ -189,7 +190,7 @@ RETURNING key`;
  *
  * $1 id, $2 tenant, $3 context, $4 action, $5 resource type, $6 business key, $7 idempotency key, $8 payload hash,
  * $9 resource, $10 priority, $11 now, $12 ehr version, $13 source timestamp, $14 requested by, $15 deadline,
- * $16 actor.
+ * $16 actor, $17 patient ref.
  */
 const INSERT_COMMAND: NamedSql = named('tether:insert-command', `
 WITH existing AS (
@@ -198,13 +199,15 @@ WITH existing AS (
   INSERT INTO commands (
     id, tenant_id, context, action, resource_type, business_key, idempotency_key, payload_hash, resource, priority,
     state, state_reason, attempts, attempt_seq, budget_started_at, next_attempt_at, lease_owner, lease_expires_at,
-    ehr_id, ehr_version, source_timestamp, generation, requested_by, deadline_at, created_at, updated_at, version
+    ehr_id, ehr_version, source_timestamp, generation, requested_by, deadline_at, created_at, updated_at, version,
+    patient_ref
   )
   SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text, $9::jsonb, $10::text,
     'queued', NULL, 0, 0, $11::bigint, $11::bigint, NULL, NULL,
     NULL, $12::text, $13::bigint,
     (SELECT COALESCE(MAX(generation), 0) + 1 FROM commands WHERE tenant_id = $2 AND business_key = $6),
-    $14::text, $15::bigint, $11::bigint, $11::bigint, 1
+    $14::text, $15::bigint, $11::bigint, $11::bigint, 1,
+    $17::text
   WHERE NOT EXISTS (SELECT 1 FROM existing)
   RETURNING *
 ), ev AS (
@@ -223,8 +226,6 @@ const pgKeyFree = (alias: string): string => `($5::boolean OR NOT EXISTS (
         AND sibling.id <> ${alias}.id
         AND sibling.lease_owner IS NOT NULL
         AND sibling.lease_expires_at > $1))`;
-/** See the SQLite twin's `INTERACTIVE_WINDOW`. */
-const INTERACTIVE_WINDOW = 1_000;
 
 /**
  * Due commands, best first (see the SQLite twin for the rules and the index per branch). Read without row locks:
@@ -244,13 +245,10 @@ WHERE c.id IN (
        AND ($2::text IS NULL OR w.tenant_id = $2) AND ${pgKeyFree('w')}
      ORDER BY w.next_attempt_at LIMIT $4)
     UNION ALL
-    (SELECT i.id FROM (
-        SELECT w.id, w.tenant_id, w.business_key, w.priority FROM commands AS w
-        WHERE w.state IN ${sqlStateList(WAITING_STATES)} AND w.next_attempt_at <= $1
-          AND ($2::text IS NULL OR w.tenant_id = $2)
-        ORDER BY w.next_attempt_at LIMIT ${INTERACTIVE_WINDOW}) AS i
-     WHERE i.priority = 'interactive' AND ${pgKeyFree('i')}
-     LIMIT $4)
+    (SELECT i.id FROM commands AS i
+     WHERE i.priority = 'interactive' AND i.state IN ${sqlStateList(WAITING_STATES)} AND i.next_attempt_at <= $1
+       AND ($2::text IS NULL OR i.tenant_id = $2) AND ${pgKeyFree('i')}
+     ORDER BY i.next_attempt_at LIMIT $4)
     UNION ALL
     (SELECT x.id FROM commands AS x
      WHERE x.lease_owner IS NOT NULL AND x.lease_expires_at <= $1 AND x.state IN ${sqlStateList(WORKING_STATES)}
@@ -315,10 +313,10 @@ RETURNING *`;
  * A multi-step transition as ONE statement (one round trip, atomic): the compare-and-swap update, the events of the
  * steps and the attempt row. `old` reads the state before the update (the statement's snapshot; if the update
  * matched, the row had `version = $2` then too, since versions only grow). A NULL from/to state in the event arrays
- * stands for that old state. Patch values follow from $21.
+ * stands for that old state. Patch values follow from $22.
  *
  * $1 id, $2 expected version, $3 now, $4-$8 event kinds, actors, from, to, reasons (arrays, in order),
- * $9-$20 the attempt (all NULL for none).
+ * $9-$21 the attempt (all NULL for none).
  */
 const PATCH_COLUMN_LIST: readonly string[] = Object.values(COMMAND_PATCH_COLUMNS);
 const transitionStepsSql = (sets: string): string => `
@@ -332,9 +330,9 @@ ev AS (
 att AS (
   INSERT INTO command_attempts (
     command_id, n, worker, started_at, ended_at, outcome, error_code, error_category, ehr_status, verification,
-    correlation_id, steps)
+    correlation_id, steps, patient_failure)
   SELECT $9::text, $10::integer, $11::text, $12::bigint, $13::bigint, $14::text, $15::text, $16::text, $17::integer,
-    $18::text, $19::text, $20::text
+    $18::text, $19::text, $20::text, COALESCE($21::boolean, false)
   FROM upd WHERE $9::text IS NOT NULL
   ON CONFLICT (command_id, n) DO NOTHING)
 SELECT * FROM upd`;
@@ -342,10 +340,23 @@ SELECT * FROM upd`;
 const INSERT_ATTEMPT = `
 INSERT INTO command_attempts (
   command_id, n, worker, started_at, ended_at, outcome, error_code, error_category, ehr_status, verification,
-  correlation_id, steps
-) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+  correlation_id, steps, patient_failure
+) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
 ON CONFLICT (command_id, n) DO NOTHING
 RETURNING n`;
+
+/**
+ * The per-patient failure count (see the SQLite twin and {@link CommandRepo.patientFailures}).
+ * $1 tenant, $2 patient ref, $3 since.
+ */
+const PATIENT_FAILURES: NamedSql = named('tether:patient-failures', `
+SELECT COUNT(*)::integer AS n
+FROM command_attempts AS a JOIN commands AS c ON c.id = a.command_id
+WHERE c.tenant_id = $1 AND c.patient_ref = $2
+  AND a.patient_failure AND a.started_at >= $3
+  AND a.started_at > COALESCE((
+    SELECT MAX(e.at) FROM command_events AS e JOIN commands AS r ON r.id = e.command_id
+    WHERE e.kind = 'operator:retry' AND e.at >= $3 AND r.tenant_id = $1 AND r.patient_ref = $2), -1)`);
 
 /**
  * The distributed store: PostgreSQL through a `pg` pool. Any number of engine processes may share one database.
@@ -427,6 +438,7 @@ export class PostgresStore implements Store {
       appendAttempt: async (attempt) => this.#appendAttempt(attempt),
       attempts: async (commandId) => this.#attempts(commandId),
       events: async (commandId) => this.#events(commandId),
+      patientFailures: async (tenantId, patientRef, since) => this.#patientFailures(tenantId, patientRef, since),
     };
     this.#sql = {
       dialect: 'postgres',
@@ -770,6 +782,7 @@ export class PostgresStore implements Store {
       c.requestedBy,
       c.deadlineAt,
       actor,
+      c.patientRef,
     ];
     const answer = (row: (CommandRow & { inserted: boolean }) | undefined): InsertResult => {
       if (!row) throw new TetherError('INTERNAL', 'Command insert returned no row.');
@@ -834,6 +847,10 @@ export class PostgresStore implements Store {
     if (f.businessKey !== undefined) {
       params.push(f.businessKey);
       where.push(`business_key = $${params.length}`);
+    }
+    if (f.patientRef !== undefined) {
+      params.push(f.patientRef);
+      where.push(`patient_ref = $${params.length}`);
     }
     if (f.states !== undefined) {
       params.push(f.states);
@@ -913,11 +930,11 @@ export class PostgresStore implements Store {
     const a = attempt && validateAttempt(attempt);
     if (a && a.commandId !== id) throw new TetherError('COMMAND_INVALID', "Invalid command attempt: 'commandId' is not the command's.");
     // Column names come from the fixed map in command-rows.ts, never from the caller; values are bound.
-    const sets = changes.map((change, i) => `${change.column} = $${i + 21}, `).join('');
+    const sets = changes.map((change, i) => `${change.column} = $${i + 22}, `).join('');
     const e = plan.events;
     const attemptParams = a
-      ? [a.commandId, a.n, a.worker, a.startedAt, a.endedAt, a.outcome, a.errorCode, a.errorCategory, a.ehrStatus, a.verification, a.correlationId, a.steps]
-      : Array.from({ length: 12 }, () => null);
+      ? [a.commandId, a.n, a.worker, a.startedAt, a.endedAt, a.outcome, a.errorCode, a.errorCategory, a.ehrStatus, a.verification, a.correlationId, a.steps, a.patientFailure]
+      : Array.from({ length: 13 }, () => null);
     const [row] = await this.#query<CommandRow>(
       'transition command',
       // Named by its columns, in order (one name per SQL text; PostgreSQL allows 63 characters).
@@ -948,7 +965,7 @@ export class PostgresStore implements Store {
     const rows = await this.#query(
       'append command attempt',
       INSERT_ATTEMPT,
-      [a.commandId, a.n, a.worker, a.startedAt, a.endedAt, a.outcome, a.errorCode, a.errorCategory, a.ehrStatus, a.verification, a.correlationId, a.steps],
+      [a.commandId, a.n, a.worker, a.startedAt, a.endedAt, a.outcome, a.errorCode, a.errorCategory, a.ehrStatus, a.verification, a.correlationId, a.steps, a.patientFailure],
       { foreignKey: 'COMMAND_NOT_FOUND' },
     );
     return rows.length === 1;
@@ -957,6 +974,12 @@ export class PostgresStore implements Store {
   async #attempts(commandId: string): Promise<CommandAttemptRecord[]> {
     validateCommandId(commandId);
     return (await this.#query<AttemptRow>('list command attempts', 'SELECT * FROM command_attempts WHERE command_id = $1 ORDER BY n', [commandId])).map(attemptFromRow);
+  }
+
+  async #patientFailures(tenantId: string, patientRef: string, since: number): Promise<number> {
+    const args = validatePatientFailures(tenantId, patientRef, since);
+    const [row] = await this.#query<{ n: number }>('count patient failures', PATIENT_FAILURES, [args.tenantId, args.patientRef, args.since]);
+    return row?.n ?? 0;
   }
 
   async #events(commandId: string): Promise<CommandEventRecord[]> {

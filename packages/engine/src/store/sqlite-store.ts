@@ -17,6 +17,7 @@ import {
   validateFilter,
   validateLease,
   validateNewCommand,
+  validatePatientFailures,
   WAITING_STATES,
   WORKING_STATES,
   type AttemptRow,
@@ -118,13 +119,15 @@ const INSERT_COMMAND = `
 INSERT INTO commands (
   id, tenant_id, context, action, resource_type, business_key, idempotency_key, payload_hash, resource, priority,
   state, state_reason, attempts, attempt_seq, budget_started_at, next_attempt_at, lease_owner, lease_expires_at,
-  ehr_id, ehr_version, source_timestamp, generation, requested_by, deadline_at, created_at, updated_at, version
+  ehr_id, ehr_version, source_timestamp, generation, requested_by, deadline_at, created_at, updated_at, version,
+  patient_ref
 ) VALUES (
   @id, @tenantId, @context, @action, @resourceType, @businessKey, @idempotencyKey, @payloadHash, @resource, @priority,
   'queued', NULL, 0, 0, @now, @now, NULL, NULL,
   NULL, @ehrVersion, @sourceTimestamp,
   (SELECT COALESCE(MAX(generation), 0) + 1 FROM commands WHERE tenant_id = @tenantId AND business_key = @businessKey),
-  @requestedBy, @deadlineAt, @now, @now, 1
+  @requestedBy, @deadlineAt, @now, @now, 1,
+  @patientRef
 )
 RETURNING *`;
 
@@ -139,17 +142,11 @@ VALUES (@commandId, @at, @kind, @actor, @fromState, @toState, @reason)`;
  *
  * One branch per index, each bounded in its index order, so that a lease reads a few index entries instead of the
  * whole table (verified commands pile up; the due ones are few): waiting commands through `commands_due` (the
- * earliest due, plus the earliest due interactive ones among the first {@link INTERACTIVE_WINDOW}), expired leases
- * through `commands_leased`, and the anomaly of a working state without a lease through `commands_tenant_state`
- * (per tenant). The outer query puts them in the final order. Duplicates between branches are harmless (the
- * caller takes one per business key).
+ * earliest due) and `commands_due_priority` (the earliest due interactive ones, however much batch work is due
+ * before them; migration 5), expired leases through `commands_leased`, and the anomaly of a working state without
+ * a lease through `commands_tenant_state` (per tenant). The outer query puts them in the final order. Duplicates
+ * between branches are harmless (the caller takes one per business key).
  */
-/**
- * How many of the earliest due waiting commands the interactive branch of the lease looks through. Interactive
- * work behind more due batch commands than this waits until it is within the window (an index on
- * `(priority, next_attempt_at)` would lift that; see docs/writeback.md).
- */
-const INTERACTIVE_WINDOW = 1_000;
 const KEY_FREE = `(@unsafe = 1 OR NOT EXISTS (
     SELECT 1 FROM commands AS sibling
     WHERE sibling.tenant_id = c.tenant_id
@@ -165,13 +162,10 @@ SELECT DISTINCT id, tenant_id, business_key, priority, next_attempt_at, generati
       AND (@tenantId IS NULL OR c.tenant_id = @tenantId) AND ${KEY_FREE}
     ORDER BY c.next_attempt_at LIMIT @scan)
   UNION ALL
-  SELECT * FROM (SELECT ${CANDIDATE_COLUMNS} FROM (
-      SELECT w.id, w.tenant_id, w.business_key, w.priority, w.next_attempt_at, w.generation, w.created_at FROM commands AS w
-      WHERE w.state IN ${sqlStateList(WAITING_STATES)} AND w.next_attempt_at <= @now
-        AND (@tenantId IS NULL OR w.tenant_id = @tenantId)
-      ORDER BY w.next_attempt_at LIMIT ${INTERACTIVE_WINDOW}) AS c
-    WHERE c.priority = 'interactive' AND ${KEY_FREE}
-    LIMIT @scan)
+  SELECT * FROM (SELECT ${CANDIDATE_COLUMNS} FROM commands AS c
+    WHERE c.priority = 'interactive' AND c.state IN ${sqlStateList(WAITING_STATES)} AND c.next_attempt_at <= @now
+      AND (@tenantId IS NULL OR c.tenant_id = @tenantId) AND ${KEY_FREE}
+    ORDER BY c.next_attempt_at LIMIT @scan)
   UNION ALL
   SELECT * FROM (SELECT ${CANDIDATE_COLUMNS} FROM commands AS c
     WHERE c.lease_owner IS NOT NULL AND c.lease_expires_at <= @now AND c.state IN ${sqlStateList(WORKING_STATES)}
@@ -209,12 +203,29 @@ RETURNING *`;
 const INSERT_ATTEMPT = `
 INSERT INTO command_attempts (
   command_id, n, worker, started_at, ended_at, outcome, error_code, error_category, ehr_status, verification,
-  correlation_id, steps
+  correlation_id, steps, patient_failure
 ) VALUES (
   @commandId, @n, @worker, @startedAt, @endedAt, @outcome, @errorCode, @errorCategory, @ehrStatus, @verification,
-  @correlationId, @steps
+  @correlationId, @steps, @patientFailure
 )
 ON CONFLICT (command_id, n) DO NOTHING`;
+
+/** An attempt's bind parameters (SQLite has no boolean: 0/1). */
+const attemptParams = (a: CommandAttemptRecord): Record<string, unknown> => ({ ...a, patientFailure: a.patientFailure ? 1 : 0 });
+
+/**
+ * The per-patient failure count (see {@link CommandRepo.patientFailures}): flagged attempts of the patient's
+ * commands since @since and after the patient's latest operator retry. Driven by `commands_patient` (or the small
+ * partial index of flagged attempts); the retry lookup by the partial index of `operator:retry` events in the window.
+ */
+const PATIENT_FAILURES = `
+SELECT COUNT(*) AS n
+FROM command_attempts AS a JOIN commands AS c ON c.id = a.command_id
+WHERE c.tenant_id = @tenantId AND c.patient_ref = @patientRef
+  AND a.patient_failure = 1 AND a.started_at >= @since
+  AND a.started_at > COALESCE((
+    SELECT MAX(e.at) FROM command_events AS e JOIN commands AS r ON r.id = e.command_id
+    WHERE e.kind = 'operator:retry' AND e.at >= @since AND r.tenant_id = @tenantId AND r.patient_ref = @patientRef), -1)`;
 
 const SAVE_BUCKET = `
 INSERT INTO rate_limit_buckets (key, tokens, updated_at) VALUES (@key, @tokens, @updatedAt)
@@ -309,6 +320,7 @@ export class SqliteStore implements Store {
       appendAttempt: async (attempt) => this.#appendAttempt(attempt),
       attempts: async (commandId) => this.#attempts(commandId),
       events: async (commandId) => this.#events(commandId),
+      patientFailures: async (tenantId, patientRef, since) => this.#patientFailures(tenantId, patientRef, since),
     };
     this.#sql = {
       dialect: 'sqlite',
@@ -635,11 +647,15 @@ export class SqliteStore implements Store {
       where.push('business_key = @businessKey');
       params['businessKey'] = f.businessKey;
     }
+    if (f.patientRef !== undefined) {
+      where.push('patient_ref = @patientRef');
+      params['patientRef'] = f.patientRef;
+    }
     if (f.states !== undefined) {
-      // States are validated against the fixed list; bound as parameters all the same. With a business key, `+state`
-      // keeps SQLite on the business-key index (a handful of rows) instead of (tenant, state), which would read
-      // every verified command of the tenant.
-      where.push(`${f.businessKey !== undefined ? '+' : ''}state IN (${f.states.map((_, i) => `@s${i}`).join(', ')})`);
+      // States are validated against the fixed list; bound as parameters all the same. With a business key or a
+      // patient, `+state` keeps SQLite on the business-key index or `commands_patient` (a handful of rows) instead
+      // of (tenant, state), which would read every verified command of the tenant.
+      where.push(`${f.businessKey !== undefined || f.patientRef !== undefined ? '+' : ''}state IN (${f.states.map((_, i) => `@s${i}`).join(', ')})`);
       f.states.forEach((state, i) => (params[`s${i}`] = state));
     }
     const sql = `SELECT * FROM commands${where.length > 0 ? ` WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at, id LIMIT @limit`;
@@ -720,7 +736,7 @@ export class SqliteStore implements Store {
               const fromState = e.fromState ?? before.state;
               this.#statement(INSERT_EVENT).run({ commandId: id, at: now, kind: e.kind, actor: e.actor, reason: e.reason, fromState, toState: e.toState ?? fromState });
             }
-            if (a) this.#statement(INSERT_ATTEMPT).run(a);
+            if (a) this.#statement(INSERT_ATTEMPT).run(attemptParams(a));
             return commandFromRow(row);
           })
           .immediate(),
@@ -730,7 +746,12 @@ export class SqliteStore implements Store {
 
   #appendAttempt(attempt: CommandAttemptRecord): Promise<boolean> {
     const a = validateAttempt(attempt);
-    return this.#write('append command attempt', () => this.#statement(INSERT_ATTEMPT).run(a).changes === 1, { foreignKey: 'COMMAND_NOT_FOUND' });
+    return this.#write('append command attempt', () => this.#statement(INSERT_ATTEMPT).run(attemptParams(a)).changes === 1, { foreignKey: 'COMMAND_NOT_FOUND' });
+  }
+
+  #patientFailures(tenantId: string, patientRef: string, since: number): number {
+    const args = validatePatientFailures(tenantId, patientRef, since);
+    return this.#run('count patient failures', () => (this.#statement(PATIENT_FAILURES).get(args) as { n: number }).n);
   }
 
   #attempts(commandId: string): CommandAttemptRecord[] {

@@ -453,6 +453,7 @@ describe.each([sqliteBackend(), postgresBackend()])('store conformance ($kind)',
         leaseOwner: null,
         leaseExpiresAt: null,
         ehrId: null,
+        patientRef: null,
         version: 1,
         createdAt: now,
       });
@@ -523,6 +524,16 @@ describe.each([sqliteBackend(), postgresBackend()])('store conformance ($kind)',
         [interactive.id, 'in_flight', 'w3', 2],
         [batch.id, 'in_flight', 'w3', 2],
       ]);
+    });
+
+    it('finds interactive work however much batch work is due before it (commands_due_priority)', async () => {
+      const tenant = await store.tenants.create(newTenant());
+      await Promise.all(Array.from({ length: 1_100 }, () => store.commands.insert(newCommand(tenant.id, { priority: 'batch' }), 'api:t')));
+      now += 1;
+      const interactive = (await store.commands.insert(newCommand(tenant.id), 'api:t')).command;
+      const leased = await store.commands.lease({ owner: 'w', now, leaseMs: 1_000, tenantId: tenant.id, limit: 2 });
+      expect(leased.map((c) => c.priority)).toEqual(['interactive', 'batch']);
+      expect(leased[0]?.id).toBe(interactive.id);
     });
 
     it('does not lease a command before its nextAttemptAt', async () => {
@@ -614,6 +625,7 @@ describe.each([sqliteBackend(), postgresBackend()])('store conformance ($kind)',
         verification: 'verified' as const,
         correlationId: `${command.id}.1`,
         steps: 'create:201',
+        patientFailure: false,
       };
       const steps = [
         { patch: { state: 'acknowledged' as const, ehrId: 'obs-9', ehrVersion: '1' }, event: { kind: 'transition', actor: 'worker:w1', reason: 'ehr_has_it' } },
@@ -684,6 +696,7 @@ describe.each([sqliteBackend(), postgresBackend()])('store conformance ($kind)',
         verification: 'verified' as const,
         correlationId: 'corr-1',
         steps: 'create:unknown search:200 read:200',
+        patientFailure: false,
       };
       expect(await store.commands.appendAttempt(attempt)).toBe(true);
       expect(await store.commands.appendAttempt({ ...attempt, outcome: 'applied' })).toBe(false);
@@ -710,6 +723,71 @@ describe.each([sqliteBackend(), postgresBackend()])('store conformance ($kind)',
       await expectCode(store.commands.list({ limit: 0 }), 'COMMAND_INVALID');
     });
 
+    it('keeps the patient reference, and counts a patient’s failures in the window since its latest operator retry', async () => {
+      const tenant = await store.tenants.create(newTenant());
+      const other = await store.tenants.create(newTenant());
+      const start = now;
+      const patient = `Patient/p-${uid()}`;
+      const cmd = async (tenantId: string, patientRef: string | null) => {
+        const { command } = await store.commands.insert(newCommand(tenantId, { patientRef }), 'api:t');
+        return command;
+      };
+      const p1 = await cmd(tenant.id, patient);
+      const p2 = await cmd(tenant.id, patient);
+      const elsewhere = await cmd(other.id, patient); // same reference, another tenant: another patient
+      const otherPatient = await cmd(tenant.id, `Patient/q-${uid()}`);
+      const nobody = await cmd(tenant.id, null);
+      expect(p1.patientRef).toBe(patient);
+      expect(await store.commands.get(p1.id)).toMatchObject({ patientRef: patient });
+      const listed = new Map((await store.commands.list({ tenantId: tenant.id })).map((c) => [c.id, c.patientRef]));
+      expect(listed).toEqual(new Map([[p1.id, patient], [p2.id, patient], [otherPatient.id, otherPatient.patientRef], [nobody.id, null]]));
+      expect(nobody.patientRef).toBeNull();
+      expect((await store.commands.list({ tenantId: tenant.id, patientRef: patient })).map((c) => c.id).sort()).toEqual([p1.id, p2.id].sort());
+      expect((await store.commands.list({ patientRef: patient })).map((c) => c.id).sort()).toEqual([p1.id, p2.id, elsewhere.id].sort());
+      const [leased] = await store.commands.lease({ owner: 'w', now, leaseMs: 1_000, tenantId: other.id });
+      expect(leased).toMatchObject({ id: elsewhere.id, patientRef: patient });
+
+      const attempt = (commandId: string, n: number, startedAt: number, patientFailure: boolean) => ({
+        commandId, n, worker: 'w', startedAt, endedAt: startedAt + 5, outcome: 'rejected' as const, errorCode: 'EHR_VALIDATION',
+        errorCategory: 'validation', ehrStatus: 422, verification: null, correlationId: null, steps: 'create:422', patientFailure,
+      });
+      await store.commands.appendAttempt(attempt(p1.id, 1, start + 10, true));
+      await store.commands.appendAttempt(attempt(p1.id, 2, start + 20, true));
+      await store.commands.appendAttempt(attempt(p1.id, 3, start + 30, false)); // not a patient failure
+      await store.commands.appendAttempt(attempt(p2.id, 1, start + 40, true));
+      await store.commands.appendAttempt(attempt(elsewhere.id, 1, start + 50, true));
+      await store.commands.appendAttempt(attempt(otherPatient.id, 1, start + 60, true));
+      await store.commands.appendAttempt(attempt(nobody.id, 1, start + 70, true));
+      expect((await store.commands.attempts(p1.id)).map((a) => a.patientFailure)).toEqual([true, true, false]);
+
+      // Both commands of the patient, in this tenant only; the window is inclusive of `since`.
+      expect(await store.commands.patientFailures(tenant.id, patient, start)).toBe(3);
+      expect(await store.commands.patientFailures(tenant.id, patient, start + 20)).toBe(2);
+      expect(await store.commands.patientFailures(tenant.id, patient, start + 41)).toBe(0);
+      expect(await store.commands.patientFailures(other.id, patient, start)).toBe(1);
+      expect(await store.commands.patientFailures(tenant.id, `Patient/none-${uid()}`, start)).toBe(0);
+
+      // An operator retry of any command of the patient resets its count: only later failures count.
+      now = start + 100;
+      const p2Row = (await store.commands.get(p2.id))!;
+      await store.commands.transition(p2.id, p2Row.version, { state: 'needs_review' });
+      await store.commands.transition(p2.id, p2Row.version + 1, { state: 'queued', stateReason: 'operator_retry' }, { kind: 'operator:retry', actor: 'operator:o', reason: 'checked' });
+      expect(await store.commands.patientFailures(tenant.id, patient, start)).toBe(0);
+      await store.commands.appendAttempt(attempt(p1.id, 4, start + 150, true));
+      expect(await store.commands.patientFailures(tenant.id, patient, start)).toBe(1);
+      // A retry of another patient's command, or a retry before the window, changes nothing.
+      expect(await store.commands.patientFailures(other.id, patient, start)).toBe(1);
+      expect(await store.commands.patientFailures(tenant.id, otherPatient.patientRef!, start)).toBe(1);
+      now = start + 200;
+
+      // Invalid arguments: COMMAND_INVALID naming the field, never echoing the reference.
+      const error = await store.commands.patientFailures(tenant.id, 'x'.repeat(300), start).catch((e: unknown) => e);
+      expect(error).toMatchObject({ code: 'COMMAND_INVALID' });
+      expect(String((error as Error).message)).not.toContain('xxxxxxxx');
+      await expectCode(store.commands.patientFailures(tenant.id, '', start), 'COMMAND_INVALID');
+      await expectCode(store.commands.insert(newCommand(tenant.id, { patientRef: 'P'.repeat(300) }), 'api:t'), 'COMMAND_INVALID');
+    });
+
     it('round-trips the resource JSON exactly (nested objects, arrays, unicode, decimals)', async () => {
       const tenant = await store.tenants.create(newTenant());
       const resource = { resourceType: 'Observation', note: [{ text: 'Zoë ✓ "quoted" \\ back' }], valueQuantity: { value: 0.1 }, component: [{ a: [1, 2, { b: null }] }] };
@@ -729,7 +807,7 @@ describe.each([sqliteBackend(), postgresBackend()])('store conformance ($kind)',
       expect(leased.map((c) => c.id)).toEqual([a.id]);
       await store.commands.appendAttempt({
         commandId: a.id, n: 1, worker: 'w1', startedAt: now, endedAt: now + 5, outcome: 'applied', errorCode: null, errorCategory: null,
-        ehrStatus: 201, verification: 'verified', correlationId: `${a.id}.1`, steps: 'create:201',
+        ehrStatus: 201, verification: 'verified', correlationId: `${a.id}.1`, steps: 'create:201', patientFailure: false,
       });
       await store.commands.transition(a.id, leased[0]!.version, { state: 'verified', leaseOwner: null, leaseExpiresAt: null });
 

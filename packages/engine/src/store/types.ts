@@ -266,6 +266,12 @@ export interface CommandRecord {
   readonly requestedBy: string;
   /** Optional deadline (epoch ms) after which the command goes to the exception queue. */
   readonly deadlineAt: number | null;
+  /**
+   * The patient the resource belongs to, `Patient/<id>` (derived at submission by `patientRefOf`), or null. The key
+   * of the per-patient failure budget (poison protection). PHI-adjacent: never logged, never in a metric label,
+   * an event or an error message; show it only where the resource may be shown.
+   */
+  readonly patientRef: string | null;
   readonly createdAt: number;
   readonly updatedAt: number;
   /** Optimistic concurrency version, incremented by every change (lease, extension, transition). */
@@ -289,7 +295,8 @@ export type NewCommand = Pick<
   | 'sourceTimestamp'
   | 'requestedBy'
   | 'deadlineAt'
->;
+> &
+  Partial<Pick<CommandRecord, 'patientRef'>>;
 
 /** Fields a transition may change. Absent fields keep their value. */
 export interface CommandPatch {
@@ -344,6 +351,12 @@ export interface CommandAttemptRecord {
   readonly correlationId: string | null;
   /** The EHR calls of the attempt, e.g. `search:200 create:unknown search:200 read:200` (no PHI). */
   readonly steps: string | null;
+  /**
+   * The attempt counts against the failure budget of the command's patient (poison protection): the EHR refused
+   * the write for a reason of this object or patient, or the outcome stayed unclear. The worker decides (see
+   * docs/writeback.md#budgets); the store counts ({@link CommandRepo.patientFailures}).
+   */
+  readonly patientFailure: boolean;
 }
 
 /** An audit event of a command: submission, every state transition, operator actions. Append-only. */
@@ -379,6 +392,8 @@ export interface CommandFilter {
   readonly tenantId?: string;
   readonly states?: readonly CommandState[];
   readonly businessKey?: string;
+  /** Only the commands of this patient (`Patient/<id>`, PHI-adjacent: never log the filter). */
+  readonly patientRef?: string;
   /** At most this many, oldest first. Default 100, at most 1000. */
   readonly limit?: number;
 }
@@ -471,6 +486,13 @@ export interface CommandRepo {
   appendAttempt(attempt: CommandAttemptRecord): Promise<boolean>;
   /** The timeline, in attempt order. */
   attempts(commandId: string): Promise<CommandAttemptRecord[]>;
+  /**
+   * The per-patient failure budget's count (poison protection): attempts flagged `patientFailure` of the commands
+   * of (`tenantId`, `patientRef`) that started at or after `since` (epoch ms, the caller's clock) and after the
+   * latest operator retry (`operator:retry` event) of any command of that patient: an operator's retry resets the
+   * patient's budget. Shared by every process on the store. `patientRef` is PHI-adjacent: errors never echo it.
+   */
+  patientFailures(tenantId: string, patientRef: string, since: number): Promise<number>;
   /** The audit events, in order. */
   events(commandId: string): Promise<CommandEventRecord[]>;
 }

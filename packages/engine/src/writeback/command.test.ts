@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stableHash } from '@tether/core';
 import { SqliteStore } from '../store/index.js';
-import { BUSINESS_KEY_SYSTEM, contentMatches, stampBusinessKey, submitCommand, type CommandInput } from './command.js';
+import { BUSINESS_KEY_SYSTEM, contentMatches, patientRefOf, stampBusinessKey, submitCommand, type CommandInput } from './command.js';
 
 const store = new SqliteStore({ kind: 'sqlite', path: ':memory:' });
 
@@ -52,6 +52,31 @@ describe('stampBusinessKey', () => {
   });
 });
 
+describe('patientRefOf', () => {
+  it('takes the Patient subject, else the patient element, else the Patient itself', () => {
+    expect(patientRefOf({ resourceType: 'Observation', subject: { reference: 'Patient/p-1' } })).toBe('Patient/p-1');
+    expect(patientRefOf({ resourceType: 'AllergyIntolerance', patient: { reference: 'Patient/p-2' } })).toBe('Patient/p-2');
+    expect(patientRefOf({ resourceType: 'Observation', subject: { reference: 'Group/g-1' }, patient: { reference: 'Patient/p-3' } })).toBe('Patient/p-3');
+    expect(patientRefOf({ resourceType: 'Patient', id: 'p-4' })).toBe('Patient/p-4');
+  });
+
+  it('reduces absolute and versioned references to Patient/<id>, so one patient has one key', () => {
+    expect(patientRefOf({ resourceType: 'Observation', subject: { reference: 'https://ehr.example.test/fhir/R4/Patient/p-1' } })).toBe('Patient/p-1');
+    expect(patientRefOf({ resourceType: 'Observation', subject: { reference: 'Patient/p-1/_history/7' } })).toBe('Patient/p-1');
+  });
+
+  it('is null when the resource names no patient', () => {
+    expect(patientRefOf({ resourceType: 'Patient' })).toBeNull();
+    expect(patientRefOf({ resourceType: 'Patient', id: 'not an id!' })).toBeNull();
+    expect(patientRefOf({ resourceType: 'Observation', subject: { reference: 'Group/g-1' } })).toBeNull();
+    expect(patientRefOf({ resourceType: 'Observation', subject: { reference: '#contained-1' } })).toBeNull();
+    expect(patientRefOf({ resourceType: 'Observation', subject: { identifier: { value: 'MRN-1' } } })).toBeNull();
+    expect(patientRefOf({ resourceType: 'Observation', subject: 'Patient/p-1' })).toBeNull();
+    expect(patientRefOf({ resourceType: 'Observation', subject: { reference: 'Practitioner/Patient/p-1' } })).toBeNull();
+    expect(patientRefOf({ resourceType: 'Organization' })).toBeNull();
+  });
+});
+
 describe('contentMatches', () => {
   const sent = stampBusinessKey({ resourceType: 'Observation', status: 'final', valueQuantity: { value: 1 } }, 'k');
   it('ignores server-set id and meta and elements we did not send', () => {
@@ -74,6 +99,12 @@ describe('submitCommand', () => {
     const { idempotencyKey: _k, ...payload } = { ...input(), priority: 'interactive' };
     expect(stored?.payloadHash).toBe(stableHash(payload));
     expect(stored?.priority).toBe('interactive');
+    expect(stored?.patientRef).toBeNull();
+  });
+
+  it('stores the patient the resource belongs to (the key of the per-patient failure budget)', async () => {
+    const { id } = await submitCommand(store, input({ businessKey: 'lab:patient', resource: { resourceType: 'Observation', status: 'final', subject: { reference: 'Patient/p-9' } } }));
+    expect((await store.commands.get(id))?.patientRef).toBe('Patient/p-9');
   });
 
   it('returns the original for the same idempotency key and payload; 422 for another payload', async () => {

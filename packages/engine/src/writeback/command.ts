@@ -105,6 +105,35 @@ export function stampBusinessKey(resource: Readonly<Record<string, unknown>>, bu
   return { ...resource, identifier: [...others, { system: BUSINESS_KEY_SYSTEM, value: businessKey }] };
 }
 
+/** A FHIR id (R4: 1-64 of `A-Z a-z 0-9 - .`). */
+const FHIR_ID = /^[A-Za-z0-9.-]{1,64}$/;
+/** `Patient/<id>`, relative or at the end of an absolute URL, optionally with `/_history/<version>`. */
+const PATIENT_REFERENCE = /^(?:[a-z][a-z0-9+.-]*:\/\/[^\s]*\/)?Patient\/([A-Za-z0-9.-]{1,64})(?:\/_history\/[A-Za-z0-9.-]{1,64})?$/;
+
+function patientOfReference(value: unknown): string | null {
+  if (typeof value !== 'object' || value === null) return null;
+  const reference = (value as Record<string, unknown>)['reference'];
+  if (typeof reference !== 'string') return null;
+  const match = PATIENT_REFERENCE.exec(reference);
+  return match?.[1] ? `Patient/${match[1]}` : null;
+}
+
+/**
+ * The patient a resource belongs to, as `Patient/<id>`: the key of the per-patient failure budget (poison
+ * protection, docs/writeback.md#budgets). A Patient is its own (`Patient/<id>` when it has an id); otherwise
+ * `subject.reference` when it names a Patient, else `patient.reference` (AllergyIntolerance, Immunization...).
+ * Absolute references and version suffixes are reduced to `Patient/<id>`, so every command of one patient shares
+ * one key. Null when the resource names no patient (a Group subject, a contained or logical reference, none).
+ * PHI-adjacent: never log the result.
+ */
+export function patientRefOf(resource: Readonly<Record<string, unknown>>): string | null {
+  if (resource['resourceType'] === 'Patient') {
+    const id = resource['id'];
+    return typeof id === 'string' && FHIR_ID.test(id) ? `Patient/${id}` : null;
+  }
+  return patientOfReference(resource['subject']) ?? patientOfReference(resource['patient']);
+}
+
 /** The search parameters that find a command's object in the EHR. */
 export const businessKeySearch = (businessKey: string): { identifier: string } => ({ identifier: `${BUSINESS_KEY_SYSTEM}|${businessKey}` });
 
@@ -193,6 +222,7 @@ export async function submitCommand(store: Store, input: CommandInput, options: 
       sourceTimestamp: command.sourceTimestamp ?? null,
       requestedBy: command.requestedBy,
       deadlineAt: command.deadline ?? null,
+      patientRef: patientRefOf(resource),
     },
     `api:${command.requestedBy}`,
   );

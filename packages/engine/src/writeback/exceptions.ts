@@ -85,6 +85,8 @@ export class ExceptionQueue {
   /**
    * Back to `queued` with a fresh budget (attempts and age). The next attempt reconciles before writing, so a
    * retry after an unclear outcome cannot duplicate. From `needs_review` or `rejected` (e.g. after a mapping fix).
+   * It also resets the failure budget of the command's patient (its `operator:retry` event is the reset mark, see
+   * `CommandRepo.patientFailures`), and the first attempt after it is sent whatever that budget says.
    */
   async retry(id: string, action: OperatorAction): Promise<CommandRecord> {
     const now = this.#clock();

@@ -30,6 +30,18 @@ export const DEFAULT_VERIFY_POLLS = 5;
 export const DEFAULT_RETRY_BACKOFF_BASE_MS = 1_000;
 /** Default cap of one backoff (milliseconds): 5 minutes. */
 export const DEFAULT_RETRY_BACKOFF_MAX_MS = 300_000;
+/**
+ * Default per-patient failure budget (poison protection): once a patient's commands have had this many patient
+ * failures within {@link DEFAULT_PATIENT_FAILURE_WINDOW_MS}, its next commands go to the exception queue unsent.
+ */
+export const DEFAULT_PATIENT_FAILURE_BUDGET = 10;
+/** Default window of the per-patient failure budget (milliseconds): 1 hour. */
+export const DEFAULT_PATIENT_FAILURE_WINDOW_MS = 3_600_000;
+/**
+ * How long a worker reuses a patient's failure count (milliseconds): a burst of leases for one patient costs one
+ * store query, and a patient's budget can be overrun by what is already in flight meanwhile (see docs/writeback.md).
+ */
+export const PATIENT_BUDGET_CACHE_MS = 1_000;
 
 /**
  * A lease taken or extended less than this long ago (milliseconds) serves as the fence before an EHR write: the
@@ -83,6 +95,9 @@ const schema = z
     verifyPolls: z.number().int().min(1).max(100).default(DEFAULT_VERIFY_POLLS),
     backoffBaseMs: ms.default(DEFAULT_RETRY_BACKOFF_BASE_MS),
     backoffMaxMs: ms.default(DEFAULT_RETRY_BACKOFF_MAX_MS),
+    /** Patient failures allowed per (tenant, patient) within `patientFailureWindowMs`; 0 switches the budget off. */
+    patientFailureBudget: z.number().int().min(0).max(1_000_000).default(DEFAULT_PATIENT_FAILURE_BUDGET),
+    patientFailureWindowMs: ms.default(DEFAULT_PATIENT_FAILURE_WINDOW_MS),
     tenantId: z.string().min(1).max(255).optional(),
     /**
      * Sensitivity testing only (`npm run chaos -- --broken ...`): switches on a deliberately WRONG behaviour so
@@ -109,6 +124,11 @@ const schema = z
  * - `verifyWindowMs`, `verifyPolls`: unknown-outcome verification, defaults {@link DEFAULT_VERIFY_WINDOW_MS},
  *   {@link DEFAULT_VERIFY_POLLS}.
  * - `backoffBaseMs`, `backoffMaxMs`: retry backoff, defaults {@link DEFAULT_RETRY_BACKOFF_BASE_MS}, {@link DEFAULT_RETRY_BACKOFF_MAX_MS}.
+ * - `patientFailureBudget`, `patientFailureWindowMs`: poison protection per patient, defaults
+ *   {@link DEFAULT_PATIENT_FAILURE_BUDGET} failures within {@link DEFAULT_PATIENT_FAILURE_WINDOW_MS} per (tenant,
+ *   patient). A command whose patient has spent it goes to `needs_review` (`patient_budget_exhausted`) without
+ *   being sent. Counted from the store (shared by every process), cached per worker for
+ *   {@link PATIENT_BUDGET_CACHE_MS}. What counts: see docs/writeback.md#budgets. 0 switches the budget off.
  * - `tenantId`: only lease this tenant's commands (default: all).
  * - `vendorProfile`: per tenant, default {@link defaultVendorProfile}.
  * - `clock`, `sleep`, `random`: time and jitter seams (defaults `Date.now`, a timer, `Math.random`).

@@ -12,6 +12,7 @@
  * Nothing here logs or emits the resource, the business key or any EHR payload: events carry ids, states and
  * reason codes only.
  */
+import { SpanKind, SpanStatusCode, trace, type Span } from '@opentelemetry/api';
 import { isTetherError, type ErrorCategory } from '@tether/core';
 import type { EhrTarget, FhirResource, WriteResult } from '../client/index.js';
 import type {
@@ -30,6 +31,7 @@ import type { WritebackEvent } from './events.js';
 import {
   DEFAULT_VENDOR_PROFILE,
   LEASE_FENCE_SLACK_MS,
+  PATIENT_BUDGET_CACHE_MS,
   resolveWorkerOptions,
   retryDelay,
   type ResolvedWorkerOptions,
@@ -98,6 +100,11 @@ class Attempt {
   errorCategory: ErrorCategory | string | null = null;
   ehrStatus: number | null = null;
   verification: CommandVerification | null = null;
+  /** The attempt counts against its patient's failure budget ({@link PATIENT_FAILURE_CATEGORIES}, unclear unknowns). */
+  patientFailure = false;
+  /** The OpenTelemetry span of the attempt (when the host registered an SDK), and its `traceparent` for the EHR calls. */
+  span: Span | undefined;
+  traceparent: string | undefined;
 
   constructor(cmd: LeasedCommand, startedAt: number) {
     this.cmd = cmd;
@@ -114,6 +121,54 @@ class Attempt {
 }
 
 const errorCode = (err: unknown): string => (isTetherError(err) ? err.code : 'INTERNAL');
+
+/** The attempt span's `traceparent` for an EHR call, so the client's spans (and the EHR) hang under it. */
+const traceOf = (a: Attempt): { traceparent?: string } => (a.traceparent === undefined ? {} : { traceparent: a.traceparent });
+
+const tracer = trace.getTracer('tether');
+
+/**
+ * OpenTelemetry: one span per attempt, `tether.writeback.attempt`, with the command id (the correlation id, not
+ * PHI), tenant, resource type, action and attempt number, ended with the outcome and the state it left. Nothing is
+ * recorded unless the host registered an SDK.
+ */
+function startAttemptSpan(a: Attempt, workerId: string): void {
+  const span = tracer.startSpan('tether.writeback.attempt', {
+    kind: SpanKind.INTERNAL,
+    attributes: {
+      'tether.command_id': a.cmd.id,
+      'tether.tenant': a.cmd.tenantId,
+      'fhir.resource_type': a.cmd.resourceType,
+      'tether.action': a.cmd.action,
+      'tether.attempt': a.n,
+      'tether.worker': workerId,
+    },
+  });
+  if (!span.isRecording()) return;
+  const sc = span.spanContext();
+  a.span = span;
+  a.traceparent = `00-${sc.traceId}-${sc.spanId}-0${sc.traceFlags & 1}`;
+}
+
+function endAttemptSpan(a: Attempt): void {
+  const span = a.span;
+  if (!span) return;
+  span.setAttributes({ 'tether.outcome': a.outcome ?? 'error', 'tether.state': a.cmd.state, ...(a.errorCode ? { 'error.type': a.errorCode } : {}) });
+  if (a.outcome === 'error' || a.cmd.state === 'needs_review') span.setStatus({ code: SpanStatusCode.ERROR, ...(a.errorCode ? { message: a.errorCode } : {}) });
+  span.end();
+}
+
+/**
+ * Error categories of an EHR refusal that count against the patient's failure budget (poison protection): the
+ * EHR answered, and refused the write for a reason of this object or its patient (content invalid for this record,
+ * a target that is gone, a lock, a stale version or several matches). Not counted: 429 (`rate-limited`), `auth`,
+ * `forbidden-scope` (the tenant's configuration), and anything not sent or transient: the circuit breaker, the
+ * rate limiter and the per-command budgets own those. A delete answered 404 is a success, not a failure.
+ */
+const PATIENT_FAILURE_CATEGORIES: ReadonlySet<string> = new Set<ErrorCategory>(['validation', 'not-found', 'conflict', 'precondition-failed']);
+
+/** Cache key of a patient's failure count: (tenant, patient). Kept in memory only, never logged. */
+const patientKey = (tenantId: string, patientRef: string): string => JSON.stringify([tenantId, patientRef]);
 
 function versionOf(resource: Readonly<Record<string, unknown>>): string | null {
   const meta = resource['meta'];
@@ -148,6 +203,8 @@ export class WritebackWorker {
   readonly #stopping = new AbortController();
   /** Tenants read in the last {@link TENANT_CACHE_MS}, with when (worker clock). */
   readonly #tenants = new Map<string, { readonly at: number; readonly tenant: Promise<TenantRecord | undefined> }>();
+  /** Patients' failure counts read in the last {@link PATIENT_BUDGET_CACHE_MS}, with when (worker clock). */
+  readonly #patientFailures = new Map<string, { readonly at: number; readonly count: Promise<number> }>();
   #loop: Promise<void> | undefined;
 
   /** Throws `CONFIG_INVALID` for invalid options. Does not touch the store. */
@@ -244,6 +301,7 @@ export class WritebackWorker {
 
   async #process(command: LeasedCommand): Promise<void> {
     const a = new Attempt(command, this.options.clock());
+    startAttemptSpan(a, this.id);
     this.#emit('command:leased', a, { state: command.state });
     try {
       await this.#attempt(a);
@@ -264,6 +322,9 @@ export class WritebackWorker {
     } finally {
       // Normally written with the transition that ended the attempt; here when that never happened (lease lost).
       if (!a.recorded) await this.options.store.commands.appendAttempt(this.#attemptRow(a)).catch(() => {});
+      // A new failure of this patient: the next check reads the count again rather than a cached one.
+      if (a.patientFailure && a.cmd.patientRef !== null) this.#patientFailures.delete(patientKey(a.cmd.tenantId, a.cmd.patientRef));
+      endAttemptSpan(a);
       this.#emit('command:settled', a, { state: a.cmd.state });
     }
   }
@@ -283,6 +344,7 @@ export class WritebackWorker {
       verification: a.verification,
       correlationId: a.correlationId,
       steps: a.steps.length > 0 ? a.steps.join(' ') : null,
+      patientFailure: a.patientFailure,
     };
   }
 
@@ -400,6 +462,12 @@ export class WritebackWorker {
       a.outcome = 'superseded';
       return this.#release(a, 'superseded', 'newer_generation_verified');
     }
+    // Poison protection: a patient whose writes keep failing gets no more EHR calls until an operator looks.
+    if (await this.#patientBudgetExhausted(a.cmd)) {
+      a.outcome = 'budget_exhausted';
+      a.errorCode = 'patient_budget_exhausted';
+      return this.#release(a, 'needs_review', 'patient_budget_exhausted');
+    }
     const tenant = await this.#tenant(a.cmd.tenantId);
     if (!tenant) {
       a.outcome = 'error';
@@ -439,6 +507,7 @@ export class WritebackWorker {
         verification: null,
         correlationId: `${a.cmd.id}.${n}`,
         steps: null,
+        patientFailure: false,
       });
     }
   }
@@ -450,6 +519,43 @@ export class WritebackWorker {
     if (cmd.attempts > this.options.maxAttempts) return 'attempts_exhausted';
     if (now - cmd.budgetStartedAt > this.options.maxAgeMs) return 'age_exhausted';
     return undefined;
+  }
+
+  /**
+   * The per-patient failure budget (DESIGN §5 step 7, poison protection): true when the command's patient has had
+   * `patientFailureBudget` patient failures within `patientFailureWindowMs` (counted by the store, so shared by
+   * every worker and process and durable across restarts). The count is reused for {@link PATIENT_BUDGET_CACHE_MS}
+   * per patient (a burst of leases for one patient costs one query). Commands without a patient are never held.
+   *
+   * The first attempt after an operator's retry (state reason `operator_retry`) is always let through: the
+   * operator decided to send it. The store's count only includes failures after the patient's latest operator
+   * retry, so that retry also gives the patient's other commands a fresh budget.
+   */
+  async #patientBudgetExhausted(cmd: CommandRecord): Promise<boolean> {
+    const budget = this.options.patientFailureBudget;
+    if (budget === 0 || cmd.patientRef === null) return false;
+    const key = patientKey(cmd.tenantId, cmd.patientRef);
+    if (cmd.stateReason === 'operator_retry') {
+      this.#patientFailures.delete(key);
+      return false;
+    }
+    const now = this.options.clock();
+    let cached = this.#patientFailures.get(key);
+    if (!cached || now - cached.at < 0 || now - cached.at >= PATIENT_BUDGET_CACHE_MS) {
+      if (this.#patientFailures.size >= 10_000) this.#prunePatientFailures(now);
+      const count = this.options.store.commands.patientFailures(cmd.tenantId, cmd.patientRef, Math.max(0, now - this.options.patientFailureWindowMs));
+      cached = { at: now, count };
+      this.#patientFailures.set(key, cached);
+      count.catch(() => this.#patientFailures.delete(key));
+    }
+    return (await cached.count) >= budget;
+  }
+
+  /** Drops expired entries of the patient cache (bounded memory with many patients). */
+  #prunePatientFailures(now: number): void {
+    for (const [key, entry] of this.#patientFailures) {
+      if (now - entry.at < 0 || now - entry.at >= PATIENT_BUDGET_CACHE_MS) this.#patientFailures.delete(key);
+    }
   }
 
   /** The EHR id a sibling command of the same business key recorded (newest generation first), if any. */
@@ -477,6 +583,7 @@ export class WritebackWorker {
     try {
       const res = await this.options.client.search(this.#target(a), a.cmd.context, a.cmd.resourceType, businessKeySearch(a.cmd.businessKey), {
         correlationId: a.correlationId,
+        ...traceOf(a),
         priority: a.cmd.priority,
       });
       a.step(`search:${res.status}`);
@@ -499,7 +606,7 @@ export class WritebackWorker {
   /** Reads by id. 404/410 is `absent`; other errors are `unclear`. */
   async #readById(a: Attempt, id: string): Promise<Lookup> {
     try {
-      const res = await this.options.client.read(this.#target(a), a.cmd.context, a.cmd.resourceType, id, { correlationId: a.correlationId, priority: a.cmd.priority });
+      const res = await this.options.client.read(this.#target(a), a.cmd.context, a.cmd.resourceType, id, { correlationId: a.correlationId, ...traceOf(a), priority: a.cmd.priority });
       a.step(`read:${res.status}`);
       return { kind: 'found', resource: res.body };
     } catch (err) {
@@ -536,6 +643,7 @@ export class WritebackWorker {
       // Second line of defence after the per-key lease (HAPI #3141: conditional create alone is not atomic).
       ...(a.profile.conditionalCreate && !plainCreate ? { ifNoneExist: businessKeySearch(a.cmd.businessKey) } : {}),
       correlationId: a.correlationId,
+      ...traceOf(a),
       priority: a.cmd.priority,
       prefer: 'return=representation',
     });
@@ -576,6 +684,7 @@ export class WritebackWorker {
     const result = await this.options.client.update(this.#target(a), a.cmd.context, { ...(a.cmd.resource as FhirResource), id }, {
       ...(ifMatch === null ? {} : { ifMatch }),
       correlationId: a.correlationId,
+      ...traceOf(a),
       priority: a.cmd.priority,
       prefer: 'return=representation',
     });
@@ -605,6 +714,7 @@ export class WritebackWorker {
     await this.#fence(a);
     const result = await this.options.client.delete(this.#target(a), a.cmd.context, a.cmd.resourceType, id, {
       correlationId: a.correlationId,
+      ...traceOf(a),
       priority: a.cmd.priority,
     });
     return this.#afterWrite(a, result, 'delete');
@@ -615,6 +725,7 @@ export class WritebackWorker {
   /** DESIGN §5 step 4: the decision table per outcome. */
   async #afterWrite(a: Attempt, result: WriteResult, kind: WriteKind): Promise<void> {
     a.step(`${kind}:${result.status ?? result.outcome}`);
+    a.patientFailure = false;
     a.outcome = result.outcome;
     a.ehrStatus = result.status ?? null;
     a.errorCode = result.error?.code ?? null;
@@ -654,12 +765,14 @@ export class WritebackWorker {
   async #rejected(a: Attempt, result: WriteResult, kind: WriteKind): Promise<void> {
     const code = result.error?.code ?? 'rejected';
     const category = result.category;
+    // 412/409 on an update: counted against the patient by #conflict, only when it ends in the exception queue.
     if ((category === 'precondition-failed' || category === 'conflict') && kind === 'update') return this.#conflict(a, code);
+    if (category === 'not-found' && kind === 'delete') return this.#confirmDeleted(a);
+    a.patientFailure = category !== undefined && PATIENT_FAILURE_CATEGORIES.has(category);
     // 412 on a conditional create: several resources carry the business key.
     if (category === 'precondition-failed' && kind === 'create') return this.#duplicate(a);
     // 409 elsewhere is a lock (Accuro scheduler), 401 after the one refresh is an auth problem: both pass.
     if (category === 'conflict' || category === 'auth') return this.#retryLater(a, code);
-    if (category === 'not-found' && kind === 'delete') return this.#confirmDeleted(a);
     // Validation, business rule, scope, not-found: permanent, nothing was written.
     return this.#release(a, 'rejected', code);
   }
@@ -677,6 +790,7 @@ export class WritebackWorker {
     }
     const current = a.targetId ? await this.#readById(a, a.targetId) : undefined;
     const currentVersion = current?.kind === 'found' ? versionOf(current.resource) : null;
+    a.patientFailure = true;
     // Version ids are not PHI: the event tells the operator what the change was based on and what the EHR has.
     return this.#save(
       a,
@@ -728,7 +842,9 @@ export class WritebackWorker {
       }
     }
     if (unclear) {
+      // Sent, and still unclear after the whole window: counts against the patient (an interrupted window does not).
       a.verification = 'unclear';
+      a.patientFailure = true;
       return this.#retryLater(a, 'verify_unclear');
     }
     a.verification = 'absent';

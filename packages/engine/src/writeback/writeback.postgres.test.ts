@@ -7,6 +7,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { CommandState } from '../store/index.js';
 import { isSettled } from './state-machine.js';
 import type { WritebackEvent } from './events.js';
+import { PATIENT_BUDGET_CACHE_MS } from './options.js';
 import { WritebackWorker } from './worker.js';
 import { observation, startHarness, type Harness } from './__fixtures__/harness.js';
 
@@ -126,5 +127,45 @@ describe('write-back on PostgreSQL', () => {
     // Reconciled first (attempt 2 searched before it created).
     expect(timeline[1]?.steps).toBe('search:200 create:201');
     await survivor.stop();
+  });
+
+  it('the per-patient failure budget is shared by processes and outlives them: failures one process saw hold the patient’s next commands in others', async () => {
+    h = await startHarness({ kind: 'postgres', faults: { faults: [{ id: 'drift', kind: 'schema-drift', elements: ['Observation.note'] }] } });
+    const patient = { subject: { reference: 'Patient/pg-poisoned' } };
+    const engineProcess = (workerId: string) =>
+      new WritebackWorker({ store: h!.openStore(), client: h!.client, clock: h!.clock, workerId, verifyWindowMs: 300, verifyPolls: 2, patientFailureBudget: 2 });
+    const stateOf = async (id: string) => (await h!.store.commands.get(id))?.state;
+
+    // Process B reads the patient's count (nothing yet) while delivering a valid command.
+    const processB = engineProcess('process-b');
+    const first = await h.submit({ businessKey: 'pg-poison:0', resource: observation(1, patient) });
+    await processB.runUntilIdle();
+    expect(await stateOf(first.id)).toBe('verified');
+    // Process A sees the patient's writes refused twice: the budget is spent.
+    const processA = engineProcess('process-a');
+    const refused = [
+      await h.submit({ businessKey: 'pg-poison:1', resource: observation(2, { ...patient, note: [{ text: 'n' }] }) }),
+      await h.submit({ businessKey: 'pg-poison:2', resource: observation(3, { ...patient, note: [{ text: 'n' }] }) }),
+    ];
+    await processA.runUntilIdle();
+    for (const r of refused) expect(await stateOf(r.id)).toBe('rejected');
+    await processA.stop();
+
+    // Once its cached count expired, process B holds the patient's next command, unsent.
+    h.advance(PATIENT_BUDGET_CACHE_MS);
+    const heldByB = await h.submit({ businessKey: 'pg-poison:3', resource: observation(4, patient) });
+    await processB.runUntilIdle();
+    expect(await h.store.commands.get(heldByB.id)).toMatchObject({ state: 'needs_review', stateReason: 'patient_budget_exhausted' });
+    await processB.stop();
+    // A process started afterwards (a restart) holds the next one too: the count lives in the database.
+    const processC = engineProcess('process-c');
+    const heldByC = await h.submit({ businessKey: 'pg-poison:4', resource: observation(5, patient) });
+    const other = await h.submit({ businessKey: 'pg-poison:other', resource: observation(6, { subject: { reference: 'Patient/pg-healthy' } }) });
+    await processC.runUntilIdle();
+    expect(await h.store.commands.get(heldByC.id)).toMatchObject({ state: 'needs_review', stateReason: 'patient_budget_exhausted' });
+    expect(await stateOf(other.id)).toBe('verified');
+    expect(await h.creates('pg-poison:3')).toEqual([]);
+    expect(await h.creates('pg-poison:4')).toEqual([]);
+    await processC.stop();
   });
 });

@@ -7,7 +7,9 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { BUSINESS_KEY_SYSTEM, stampBusinessKey } from './command.js';
 import { ExceptionQueue } from './exceptions.js';
 import { defaultVendorProfile } from './options.js';
-import { observation, startHarness, type Harness } from './__fixtures__/harness.js';
+import type { CommandAttemptRecord } from '../store/index.js';
+import type { WritebackEvent } from './events.js';
+import { observation, startHarness, TENANT, type Harness } from './__fixtures__/harness.js';
 
 let h: Harness | undefined;
 afterEach(async () => {
@@ -413,4 +415,129 @@ describe('exception queue', () => {
     expect(resolved).toMatchObject({ state: 'verified', stateReason: 'operator_resolved' });
     expect((await h.creates('lab:exq-2')).length).toBe(1);
   });
+});
+
+describe('poison protection: the per-patient failure budget', () => {
+  const BAD = { subject: { reference: 'Patient/poisoned-1' } };
+  const GOOD = { subject: { reference: 'Patient/healthy-1' } };
+
+  /** FHIR requests the sandbox has seen (its fault injector counts every one). */
+  async function requestsSeen(harness: Harness): Promise<number> {
+    const res = await fetch(`${harness.sandbox.url}/_admin/faults/stats`);
+    return ((await res.json()) as { requestsSeen: number }).requestsSeen;
+  }
+  /** EHR calls named by timeline rows (`create:201 read:200` is two). */
+  const callsOf = (attempts: readonly CommandAttemptRecord[]): number => attempts.reduce((n, a) => n + (a.steps === null ? 0 : a.steps.split(' ').length), 0);
+
+  it('a patient whose writes keep being refused spends its budget: its next command is held unsent while another patient’s verify; an operator retry sends it and resets the budget', async () => {
+    h = await startHarness({ faults: { faults: [{ id: 'drift', kind: 'schema-drift', elements: ['Observation.note'] }] } });
+    const events: WritebackEvent[] = [];
+    const worker = h.worker({ patientFailureBudget: 3, concurrency: 1, onEvent: (e) => events.push(e) });
+
+    // Failure 1: an update based on a version someone else has moved on (412) → version_conflict.
+    const created = await h.submit({ businessKey: 'poison:obs-1', resource: observation(10, BAD) });
+    await worker.runUntilIdle();
+    const ehrId = (await stateOf(h, created.id)).ehrId ?? '';
+    await h.client.update(h.target, 'system', { ...(await h.client.read(h.target, 'system', 'Observation', ehrId)).body, status: 'amended' });
+    const stale = await h.submit({ businessKey: 'poison:obs-1', action: 'update', resource: observation(11, BAD), baseVersion: '1' });
+    await worker.runUntilIdle();
+    expect(await stateOf(h, stale.id)).toMatchObject({ state: 'needs_review', stateReason: 'version_conflict' });
+    // Failures 2 and 3: refused by the EHR (422).
+    const refused = [
+      await h.submit({ businessKey: 'poison:obs-2', resource: observation(12, { ...BAD, note: [{ text: 'n' }] }) }),
+      await h.submit({ businessKey: 'poison:obs-3', resource: observation(13, { ...BAD, note: [{ text: 'n' }] }) }),
+    ];
+    await worker.runUntilIdle();
+    for (const r of refused) expect(await stateOf(h, r.id)).toMatchObject({ state: 'rejected', stateReason: 'EHR_VALIDATION' });
+    expect((await h.store.commands.attempts(stale.id)).map((a) => a.patientFailure)).toEqual([true]);
+    expect((await h.store.commands.attempts(created.id)).map((a) => a.patientFailure)).toEqual([false]);
+    expect(await h.store.commands.patientFailures(TENANT, 'Patient/poisoned-1', 0)).toBe(3);
+
+    // The budget is spent: the patient's next command (valid: the EHR would take it) is not sent; the other
+    // patient's commands are.
+    const held = await h.submit({ businessKey: 'poison:obs-4', resource: observation(14, BAD) });
+    const others = [
+      await h.submit({ businessKey: 'poison:healthy-1', resource: observation(30, GOOD) }),
+      await h.submit({ businessKey: 'poison:healthy-2', resource: observation(31, GOOD) }),
+    ];
+    const before = await requestsSeen(h);
+    await worker.runUntilIdle();
+    expect(await stateOf(h, held.id)).toMatchObject({ state: 'needs_review', stateReason: 'patient_budget_exhausted', leaseOwner: null });
+    expect(await h.store.commands.attempts(held.id)).toEqual([
+      expect.objectContaining({ n: 1, outcome: 'budget_exhausted', errorCode: 'patient_budget_exhausted', steps: null, patientFailure: false }),
+    ]);
+    for (const o of others) expect((await stateOf(h, o.id)).state).toBe('verified');
+    // Every FHIR request of that round was one of the other patient's (their timelines name each EHR call).
+    const otherCalls = callsOf((await Promise.all(others.map((o) => h!.store.commands.attempts(o.id)))).flat());
+    expect(otherCalls).toBe(2);
+    expect(await requestsSeen(h)).toBe(before + otherCalls);
+    expect(await h.creates('poison:obs-4')).toEqual([]);
+
+    // The operator retries it: it is sent and verified, and the patient's budget starts afresh.
+    const queue = new ExceptionQueue({ store: h.store, client: h.client, clock: h.clock });
+    expect((await queue.list({ tenantId: TENANT })).map((c) => [c.id, c.stateReason])).toContainEqual([held.id, 'patient_budget_exhausted']);
+    await queue.retry(held.id, { actor: 'op', reason: 'patient record unlocked in the EHR' });
+    expect(await h.store.commands.patientFailures(TENANT, 'Patient/poisoned-1', 0)).toBe(0);
+    await worker.runUntilIdle();
+    expect(await stateOf(h, held.id)).toMatchObject({ state: 'verified' });
+    expect(await h.creates('poison:obs-4')).toHaveLength(1);
+    const next = await h.submit({ businessKey: 'poison:obs-5', resource: observation(15, BAD) });
+    await worker.runUntilIdle();
+    expect((await stateOf(h, next.id)).state).toBe('verified');
+
+    // The patient reference stays in the commands table: no event, attempt row or state reason carries it.
+    const ids = [created.id, stale.id, ...refused.map((r) => r.id), held.id, next.id];
+    const trail = JSON.stringify([
+      events,
+      await Promise.all(ids.map((id) => h!.store.commands.attempts(id))),
+      await Promise.all(ids.map((id) => h!.store.commands.events(id))),
+    ]);
+    expect(trail).not.toContain('poisoned-1');
+  });
+
+  it('counts EHR refusals and unclear outcomes against the patient; not rate limits, auth, outages or proven-absent writes', async () => {
+    h = await startHarness();
+    const worker = h.worker();
+    const queue = new ExceptionQueue({ store: h.store, client: h.client, clock: h.clock });
+    const patient = { subject: { reference: 'Patient/flags-1' } };
+    const firstAttempt = async (businessKey: string, faults: unknown[], extra: Record<string, unknown> = {}) => {
+      await h!.setFaults({ faults });
+      const { id } = await h!.submit({ businessKey, resource: observation(40, { ...patient, ...extra }) });
+      await worker.tick();
+      await worker.settle();
+      const [attempt] = await h!.store.commands.attempts(id);
+      // Out of the way, so that no later round leases it again under another fault profile.
+      const { state } = await stateOf(h!, id);
+      if (state !== 'cancelled' && state !== 'verified') await queue.cancel(id, { actor: 'test', reason: 'done' });
+      return attempt;
+    };
+    expect(await firstAttempt('flags:503', [{ id: 'down', kind: 'error-before', status: 503, match: POST_ONLY }])).toMatchObject({
+      outcome: 'unknown',
+      verification: 'absent',
+      patientFailure: false,
+    });
+    expect(await firstAttempt('flags:401', [{ id: 'auth', kind: 'early-401', match: POST_ONLY }])).toMatchObject({
+      outcome: 'rejected',
+      errorCategory: 'auth',
+      patientFailure: false,
+    });
+    expect(await firstAttempt('flags:422', [{ id: 'drift', kind: 'schema-drift', elements: ['Observation.note'] }], { note: [{ text: 'n' }] })).toMatchObject({
+      outcome: 'rejected',
+      errorCategory: 'validation',
+      patientFailure: true,
+    });
+    expect(await firstAttempt('flags:429', [{ id: 'limit', kind: 'rate-limit', retryAfterSeconds: 1, match: POST_ONLY }])).toMatchObject({
+      outcome: 'rate_limited',
+      patientFailure: false,
+    });
+    await new Promise((resolve) => setTimeout(resolve, 1_100)); // the client holds the tenant's writes for Retry-After
+    // Sent, the answer lost, and every lookup of the verification window failing: unclear.
+    expect(
+      await firstAttempt('flags:unclear', [
+        { id: 'drop', kind: 'commit-then-drop', match: POST_ONLY },
+        { id: 'search-down', kind: 'error-before', status: 503, match: { methods: ['GET'] } },
+      ]),
+    ).toMatchObject({ outcome: 'unknown', verification: 'unclear', patientFailure: true });
+    expect(await h.store.commands.patientFailures(TENANT, 'Patient/flags-1', 0)).toBe(2);
+  }, 30_000);
 });

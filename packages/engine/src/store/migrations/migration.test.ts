@@ -33,6 +33,12 @@ const RELEASED: readonly { version: number; name: string; sqlite: string; postgr
     sqlite: '64b3ccc099492a2ac260a820fa8e890600e3080fd184ba704810cd5837b4cbc5',
     postgres: 'cf12ae6b1113a56ee950ed1aa57519e3bdf36182e4c76706bc9eff814fcfb087',
   },
+  {
+    version: 5,
+    name: 'patient_budget',
+    sqlite: '3a7b2e70d6ca53f3890d6e1884ef5aa2a49b5dad6535e242d0b76f015c7386ff',
+    postgres: '49792dc09a9566708cf4e5f2c0baa0f0ec466da581c10a2800e145a05d9c7065',
+  },
 ];
 
 describe('released migrations', () => {

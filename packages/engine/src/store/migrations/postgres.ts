@@ -201,4 +201,24 @@ ALTER TABLE command_events ALTER COLUMN tx SET DEFAULT pg_current_xact_id();
 CREATE INDEX command_events_tx ON command_events (tx, seq);
 `,
   },
+  {
+    version: 5,
+    name: 'patient_budget',
+    sql: `
+-- Poison protection per patient (docs/writeback.md#budgets). patient_ref: the patient the command's resource belongs
+-- to ('Patient/<id>', derived at submission; NULL when none or for commands submitted before this migration).
+-- PHI-adjacent: never logged, never in metrics or errors. patient_failure: the attempt counts against its patient's
+-- failure budget (the worker decides; the store only counts).
+ALTER TABLE commands ADD COLUMN patient_ref text;
+ALTER TABLE command_attempts ADD COLUMN patient_failure boolean NOT NULL DEFAULT false;
+-- The patient-failure count (commands.patientFailures): the patient's commands, their flagged attempts in the window,
+-- and the latest operator retry of any of them (which resets the budget). Failures and retries are rare: the partial
+-- indexes stay small.
+CREATE INDEX commands_patient ON commands (tenant_id, patient_ref) WHERE patient_ref IS NOT NULL;
+CREATE INDEX command_attempts_patient_failure ON command_attempts (started_at) WHERE patient_failure;
+CREATE INDEX command_events_operator_retry ON command_events (at) WHERE kind = 'operator:retry';
+-- Due waiting work by priority (planned in docs/store.md): interactive work is found however much batch work is due.
+CREATE INDEX commands_due_priority ON commands (priority, next_attempt_at) WHERE state IN ('queued', 'retry_wait');
+`,
+  },
 ]);
