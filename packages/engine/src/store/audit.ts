@@ -9,6 +9,7 @@
  */
 import { z } from 'zod';
 import { assertAuditJson, chainAuditEntries, stableStringify, TetherError, type AuditEntry, type AuditHead, type AuditRecord } from '@tether/core';
+import type { EventRow } from './command-rows.js';
 import type { SqlRunner, SqlStep, SqlTx } from './sql-runner.js';
 import type { AuditCommandEvent, AuditFilter, AuditRepo, CommandAction, CommandState } from './types.js';
 
@@ -45,16 +46,9 @@ interface HeadRow {
   events_tx?: string;
 }
 
-interface EventFactsRow {
-  seq: number | string;
+/** A command event row (command-rows.ts) with the facts of its command the audit record carries. */
+interface EventFactsRow extends EventRow {
   tx?: string;
-  command_id: string;
-  at: number | string;
-  kind: string;
-  actor: string;
-  from_state: string | null;
-  to_state: string | null;
-  reason: string | null;
   tenant_id: string;
   resource_type: string;
   command_action: string;
