@@ -45,7 +45,7 @@ const SENSITIVITY = {
   // Commands of one business key in flight at once (a create and an upsert of the same key, leased together):
   // each finds nothing (search lag) and creates.
   'no-key-lock': { expect: 'duplicated', detected: (r) => r.duplicated > 0 },
-  // The API answers 202 before the command is stored (and stores it 200 ms later): a SIGKILL in between loses a
+  // The API answers 202 before the command is stored (and stores it 1 s later, a write-behind buffer): a SIGKILL in between loses a
   // command the submitter was told is safe. Needs the HTTP submission path.
   'ack-before-commit': { expect: 'lost', detected: (r) => r.lost > 0, submit: 'api' },
 };

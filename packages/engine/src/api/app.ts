@@ -44,7 +44,7 @@ export interface ApiDeps {
   readonly sandbox?: { readonly url: string; readonly fhirBaseUrl: string; readonly tenantId: string };
   /**
    * Sensitivity testing only (the chaos harness's `--broken ack-before-commit`): answers 202 BEFORE the command is
-   * stored, and stores it a moment later, so a crash in between loses an acknowledged command. Deliberately wrong;
+   * stored, and stores it a second later (a write-behind buffer), so a crash in between loses an acknowledged command. Deliberately wrong;
    * never set it anywhere else.
    */
   readonly unsafeBroken?: 'ack-before-commit';
@@ -321,7 +321,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
         const id = randomUUID();
         setTimeout(() => {
           submitCommand(deps.store, input, { newId: () => id }).catch((err: unknown) => request.log.error({ code: isTetherError(err) ? err.code : 'INTERNAL' }, 'broken ack-before-commit: late insert failed'));
-        }, 200).unref();
+        }, 1_000).unref();
         void reply.status(202).header('location', `/v1/commands/${id}`);
         return { id, state: 'queued', created: true, generation: 1, saved: 'queued: durable, not yet in the EHR' };
       }
