@@ -2,7 +2,7 @@
  * The API-facing CLI commands against a real service (embedded sandbox EHR as tenant `demo`), run in-process
  * through `main` so stdout and exit codes are observed exactly as a user would see them.
  */
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { canaryObservation, startTestService, type TestService } from '../service/__fixtures__/service.js';
@@ -124,5 +124,24 @@ describe('tether tenants / exceptions', () => {
     expect(retry.err).toContain('COMMAND_NOT_FOUND');
     const missingReason = await run('exceptions', 'retry', 'x', ...remote());
     expect(missingReason.code).toBe(2);
+  });
+});
+
+describe('the README walkthrough from the CLI (steps 3 and 4, fast path)', () => {
+  it('reject-notes rejects examples/observation-with-note.json at once; after clearing the fault, a retry verifies it', async () => {
+    const faults = JSON.parse(readFileSync(new URL('../../../../examples/faults/reject-notes.json', import.meta.url), 'utf8')) as unknown;
+    expect((await t.api('POST', '/v1/sandbox/faults', { body: faults })).status).toBe(200);
+    const file = new URL('../../../../examples/observation-with-note.json', import.meta.url).pathname;
+    const submitted = await run('submit', file, '--wait', '--json', '--timeout', '30', ...remote());
+    const summary = JSON.parse(submitted.out);
+    expect(summary).toMatchObject({ submitted: 1, states: { rejected: 1 } });
+    const id = summary.results[0].id as string;
+    const list = JSON.parse((await run('exceptions', 'list', '--tenant', 'demo', ...remote())).out);
+    expect(list.exceptions.map((e: { id: string; stateReason: string }) => [e.id, e.stateReason])).toEqual([[id, 'EHR_VALIDATION']]);
+    expect((await t.api('POST', '/v1/sandbox/faults', { body: { faults: [] } })).status).toBe(200);
+    const retry = await run('exceptions', 'retry', id, '--reason', 'schema drift fixed', ...remote());
+    expect(retry.code).toBe(0);
+    const done = await t.waitFor(id, (s) => s === 'verified');
+    expect(done.command.state).toBe('verified');
   });
 });
