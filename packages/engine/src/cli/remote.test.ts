@@ -145,3 +145,26 @@ describe('the README walkthrough from the CLI (steps 3 and 4, fast path)', () =>
     expect(done.command.state).toBe('verified');
   });
 });
+
+describe('tether keys', () => {
+  it('creates a tenant-scoped submitter key that works, lists it without the secret, and revokes it', async () => {
+    const created = await run('keys', 'create', 'my-app', '--role', 'submitter', '--tenant', 'demo', ...remote());
+    expect(created.code).toBe(0);
+    expect(created.err).toContain('shown only this once');
+    const key = JSON.parse(created.out) as { id: string; key: string; role: string; tenants: string[] };
+    expect(key).toMatchObject({ role: 'submitter', tenants: ['demo'] });
+    // The new key submits to its tenant, and may not read the key list (admin only).
+    const file = join(t.dir, 'keyed.json');
+    writeFileSync(file, JSON.stringify({ tenantId: 'demo', context: 'system', action: 'create', resourceType: 'Observation', resource: canaryObservation('CANARY-KEYS-1'), businessKey: 'keys:1' }));
+    expect((await run('submit', file, '--json', '--url', t.svc.url, '--key', key.key)).code).toBe(0);
+    expect((await run('keys', 'list', '--url', t.svc.url, '--key', key.key)).err).toContain('API_FORBIDDEN');
+    const list = await run('keys', 'list', ...remote());
+    expect(list.out).not.toContain(key.key);
+    expect(JSON.parse(list.out).keys.map((k: { id: string }) => k.id)).toContain(key.id);
+    const revoked = await run('keys', 'revoke', key.id, ...remote());
+    expect(revoked.code).toBe(0);
+    const after = await run('submit', file, '--json', '--url', t.svc.url, '--key', key.key);
+    expect(after.code).toBe(1);
+    expect((await run('keys', 'create', 'x', ...remote())).code).toBe(2);
+  });
+});

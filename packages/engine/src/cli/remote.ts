@@ -219,6 +219,26 @@ export function registerRemoteCommands(program: Command): void {
     },
   );
 
+  const keys = program.command('keys').description('API keys (admin): list, create, revoke. Keys are stored hashed; a new key is shown once.');
+  remote(keys.command('list').description('API keys: id, name, role, tenant scope, last use (never the key or its hash).')).action(async (o: RemoteOptions) => {
+    print(await callApi(o, 'GET', '/v1/api-keys'));
+  });
+  remote(
+    keys
+      .command('create <name>')
+      .description('Create a key, e.g. for your application: tether keys create my-app --role submitter --tenant clinic-1')
+      .addOption(new Option('--role <role>', 'what the key may do').choices(['submitter', 'operator', 'viewer', 'admin']).makeOptionMandatory())
+      .option('--tenant <id...>', 'limit the key to these tenants (default: all tenants)'),
+  ).action(async (name: string, o: RemoteOptions & { role: string; tenant?: string[] }) => {
+    const created = await callApi<{ id: string; key: string }>(o, 'POST', '/v1/api-keys', { name, role: o.role, tenants: o.tenant ?? null });
+    print(created);
+    process.stderr.write(`Store this key now (in a secret manager): it is shown only this once. Revoke it with \`tether keys revoke ${created.id}\`.\n`);
+  });
+  remote(keys.command('revoke <id>').description('Revoke a key: it stops working at once.')).action(async (id: string, o: RemoteOptions) => {
+    await callApi(o, 'DELETE', `/v1/api-keys/${encodeURIComponent(id)}`);
+    process.stdout.write(`Key ${id} revoked.\n`);
+  });
+
   program
     .command('migrate')
     .description('Apply pending store migrations (the service also does this at start) and list what is applied.')
