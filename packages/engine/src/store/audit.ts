@@ -9,9 +9,9 @@
  */
 import { z } from 'zod';
 import { assertAuditJson, chainAuditEntries, stableStringify, TetherError, type AuditEntry, type AuditHead, type AuditRecord } from '@tether/core';
-import type { EventRow } from './command-rows.js';
+import { eventFromRow, type EventRow } from './command-rows.js';
 import type { SqlRunner, SqlStep, SqlTx } from './sql-runner.js';
-import type { AuditCommandEvent, AuditFilter, AuditRepo, CommandAction, CommandState } from './types.js';
+import type { AuditCommandEvent, AuditFilter, AuditRepo, CommandAction } from './types.js';
 
 /** Largest `details` (its canonical JSON, in characters): an audit record states facts, it is not a payload store. */
 export const MAX_AUDIT_DETAILS_CHARS = 16_384;
@@ -112,14 +112,7 @@ function recordFromRow(row: AuditRow): AuditRecord {
 
 function eventFromFacts(row: EventFactsRow): AuditCommandEvent {
   return {
-    seq: Number(row.seq),
-    commandId: row.command_id,
-    at: Number(row.at),
-    kind: row.kind,
-    actor: row.actor,
-    fromState: row.from_state as CommandState | null,
-    toState: row.to_state as CommandState | null,
-    reason: row.reason,
+    ...eventFromRow(row),
     tenantId: row.tenant_id,
     resourceType: row.resource_type,
     commandAction: row.command_action as CommandAction,
