@@ -277,6 +277,8 @@ async function main() {
           say(`submitted over the API: ${JSON.stringify(submitStats)}`);
         })
       : Promise.resolve();
+    // Awaited after the wait loop; until then a failure (the timeout) must not count as an unhandled rejection.
+    apiSubmission.catch(() => {});
 
     // --- SIGKILLs at seeded moments in the first part of the run, each engine restarted at once.
     const killAt = Array.from({ length: o.kills }, () => 2_000 + Math.floor(random() * 25_000)).sort((a, b) => a - b);
