@@ -4,3 +4,4 @@ export * from './stable-json.js';
 export * from './smart-scopes.js';
 export * from './events.js';
 export * from './audit-chain.js';
+export * from './command-states.js';

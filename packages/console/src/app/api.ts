@@ -1,27 +1,16 @@
 /**
  * The engine's HTTP API as the console uses it: bearer key, JSON in and out, errors as FHIR OperationOutcome.
- * The types mirror the API's JSON (docs/api.md); the console imports nothing from the engine (DESIGN §3).
+ * The types mirror the API's JSON (docs/api.md); the console imports nothing from the engine (DESIGN §3), only
+ * the shared vocabulary of core (command states from its browser-safe `command-states` entry, OperationOutcome types).
  */
 import type { OperationOutcomeJson } from '@tether/core';
+import { COMMAND_STATE_VALUES, type CommandState } from '@tether/core/command-states';
 
 export type Role = 'viewer' | 'submitter' | 'operator' | 'admin';
 
-export type CommandState =
-  | 'queued'
-  | 'in_flight'
-  | 'acknowledged'
-  | 'verified'
-  | 'unknown'
-  | 'retry_wait'
-  | 'rejected'
-  | 'conflict'
-  | 'needs_review'
-  | 'superseded'
-  | 'cancelled';
-
-export const COMMAND_STATES: readonly CommandState[] = [
-  'queued', 'in_flight', 'acknowledged', 'verified', 'unknown', 'retry_wait', 'rejected', 'conflict', 'needs_review', 'superseded', 'cancelled',
-];
+export type { CommandState } from '@tether/core/command-states';
+/** Every state, in the order of DESIGN §5 (the one list, from core). */
+export const COMMAND_STATES: readonly CommandState[] = COMMAND_STATE_VALUES;
 
 /** States a worker still owns or will again (docs/writeback.md "Sending", plus "Saved"). */
 export const OPEN_STATES: readonly CommandState[] = ['queued', 'retry_wait', 'in_flight', 'unknown', 'acknowledged', 'conflict'];

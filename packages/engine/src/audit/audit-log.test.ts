@@ -9,8 +9,9 @@ import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
 import { TypedEmitter, verifyAuditChain, type AuditRecord } from '@tether/core';
 import type { AuthEventMap } from '../auth/index.js';
+import { newTenant, uid } from '../store/__fixtures__/records.js';
 import { PgTestDatabases, pgQuery, SqliteTestFiles } from '../store/__fixtures__/test-databases.js';
-import { PostgresStore, SqliteStore, type NewCommand, type NewTenant, type Store } from '../store/index.js';
+import { PostgresStore, SqliteStore, type NewCommand, type Store } from '../store/index.js';
 import { AuditLog, DEFAULT_MAPPING_VERSION, toAuditEvent } from './index.js';
 
 /** Planted PHI: must never reach a record or an export. */
@@ -73,20 +74,6 @@ afterAll(async () => {
   for (const b of backends) await b.cleanup();
 });
 
-const uid = () => randomBytes(4).toString('hex');
-
-const newTenant = (): NewTenant => ({
-  id: `tenant-${uid()}`,
-  vendor: 'epic',
-  fhirBaseUrl: 'https://ehr.example.test/fhir/R4',
-  environment: 'sandbox',
-  authMethod: 'backend-services',
-  clientId: 'client-1',
-  scopes: 'system/Observation.c',
-  tokenEndpoint: null,
-  dataKeyWrapped: randomBytes(60),
-  credentialsCiphertext: null,
-});
 
 const newCommand = (tenantId: string, overrides: Partial<NewCommand> = {}): NewCommand => ({
   id: `cmd-${uid()}${uid()}`,

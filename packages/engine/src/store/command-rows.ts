@@ -23,20 +23,9 @@ import type {
   CommandVerification,
 } from './types.js';
 
-/** Every state, in the order of DESIGN §5. The CHECK constraints of migration 2 list the same words. */
-export const COMMAND_STATE_VALUES = [
-  'queued',
-  'in_flight',
-  'acknowledged',
-  'verified',
-  'unknown',
-  'retry_wait',
-  'rejected',
-  'conflict',
-  'needs_review',
-  'superseded',
-  'cancelled',
-] as const satisfies readonly CommandState[];
+/** Every state, in the order of DESIGN §5 (defined in core). The CHECK constraints of migration 2 list the same words. */
+import { COMMAND_STATE_VALUES } from '@tether/core';
+export { COMMAND_STATE_VALUES };
 
 /** States a worker holds under a lease; such a command is leased again once its lease expires. */
 export const WORKING_STATES = ['in_flight', 'unknown', 'acknowledged', 'conflict'] as const satisfies readonly CommandState[];

@@ -7,6 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { verifyAuditChain, type AuditEntry, type AuditRecord, type ErrorCode } from '@tether/core';
+import { newTenant, uid } from './__fixtures__/records.js';
 import { PgTestDatabases, SqliteTestFiles } from './__fixtures__/test-databases.js';
 import {
   PostgresStore,
@@ -63,24 +64,6 @@ function postgresBackend(): Backend {
       return (extra = {}) => new PostgresStore({ kind: 'postgres', connectionString, ...extra });
     },
     cleanup: () => databases.dropAll(),
-  };
-}
-
-const uid = () => randomBytes(4).toString('hex');
-
-function newTenant(overrides: Partial<NewTenant> = {}): NewTenant {
-  return {
-    id: `tenant-${uid()}`,
-    vendor: 'epic',
-    fhirBaseUrl: 'https://ehr.example.test/fhir/R4',
-    environment: 'sandbox',
-    authMethod: 'backend-services',
-    clientId: 'client-1',
-    scopes: 'system/Patient.rs system/Observation.c',
-    tokenEndpoint: 'https://ehr.example.test/oauth2/token',
-    dataKeyWrapped: randomBytes(60),
-    credentialsCiphertext: randomBytes(512),
-    ...overrides,
   };
 }
 

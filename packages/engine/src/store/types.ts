@@ -4,7 +4,7 @@
  * ciphertext produced by the auth layer (envelope encryption), the store only moves bytes.
  */
 
-import type { AuditEntry, AuditHead, AuditRecord } from '@tether/core';
+import type { AuditEntry, AuditHead, AuditRecord, CommandState as CoreCommandState } from '@tether/core';
 
 export type Environment = 'sandbox' | 'production';
 export type AuthMethod = 'backend-services' | 'client-secret' | 'authorization-code';
@@ -206,18 +206,7 @@ export type CommandPriority = 'interactive' | 'batch';
  * The states of a command (DESIGN §5). The allowed transitions live in `writeback/state-machine.ts`; the store
  * only persists the state and guards every change with a compare-and-swap on `version`.
  */
-export type CommandState =
-  | 'queued'
-  | 'in_flight'
-  | 'acknowledged'
-  | 'verified'
-  | 'unknown'
-  | 'retry_wait'
-  | 'rejected'
-  | 'conflict'
-  | 'needs_review'
-  | 'superseded'
-  | 'cancelled';
+export type CommandState = CoreCommandState;
 
 /**
  * One clinical intent, as stored. The `resource` may hold PHI: it is never logged and never copied into an
