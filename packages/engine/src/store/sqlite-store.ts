@@ -147,11 +147,12 @@ VALUES (@commandId, @at, @kind, @actor, @fromState, @toState, @reason)`;
  * at most one attempt in flight per clinical object (DESIGN §5 step 1) — unless `@unsafe` (sensitivity testing).
  *
  * One branch per index, each bounded in its index order, so that a lease reads a few index entries instead of the
- * whole table (verified commands pile up; the due ones are few): waiting commands through `commands_due` (the
- * earliest due) and `commands_due_priority` (the earliest due interactive ones, however much batch work is due
- * before them; migration 5), expired leases through `commands_leased`, and the anomaly of a working state without
- * a lease through `commands_tenant_state` (per tenant). The outer query puts them in the final order. Duplicates
- * between branches are harmless (the caller takes one per business key).
+ * whole table (verified commands pile up; the due ones are few): waiting commands through `commands_due_priority`
+ * (migration 5), once for the earliest due batch commands and once for the earliest due interactive ones (however
+ * much batch work is due before them; the two sets are disjoint, so no row is read twice), expired leases through
+ * `commands_leased`, and the anomaly of a working state without a lease through `commands_tenant_state` (per
+ * tenant). The outer query puts them in the final order. Duplicates between branches are harmless (the caller
+ * takes one per business key).
  */
 const KEY_FREE = `(@unsafe = 1 OR NOT EXISTS (
     SELECT 1 FROM commands AS sibling
@@ -164,7 +165,7 @@ const CANDIDATE_COLUMNS = 'c.id, c.tenant_id, c.business_key, c.priority, c.next
 const LEASE_CANDIDATES = `
 SELECT DISTINCT id, tenant_id, business_key, priority, next_attempt_at, generation, created_at FROM (
   SELECT * FROM (SELECT ${CANDIDATE_COLUMNS} FROM commands AS c
-    WHERE c.state IN ${sqlStateList(WAITING_STATES)} AND c.next_attempt_at <= @now
+    WHERE c.priority = 'batch' AND c.state IN ${sqlStateList(WAITING_STATES)} AND c.next_attempt_at <= @now
       AND (@tenantId IS NULL OR c.tenant_id = @tenantId) AND ${KEY_FREE}
     ORDER BY c.next_attempt_at LIMIT @scan)
   UNION ALL
@@ -681,7 +682,7 @@ export class SqliteStore implements Store {
           // Scan a few more candidates than wanted: two of one business key can be due at once, and only one of
           // them may be leased.
           const unsafe = r.unsafeIgnoreKeyLock === true;
-          const candidates = this.#statement(LEASE_CANDIDATES).all({ now: r.now, tenantId: r.tenantId ?? null, scan: r.limit * 4 + 8, unsafe: unsafe ? 1 : 0 }) as {
+          const candidates = this.#statement(LEASE_CANDIDATES).all({ now: r.now, tenantId: r.tenantId ?? null, scan: r.limit * 2 + 4, unsafe: unsafe ? 1 : 0 }) as {
             id: string;
             tenant_id: string;
             business_key: string;
