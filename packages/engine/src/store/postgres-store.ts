@@ -300,7 +300,7 @@ WHERE c.id = ANY($1::text[])
       AND sibling.id <> c.id
       AND sibling.lease_owner IS NOT NULL
       AND sibling.lease_expires_at > $4))
-RETURNING c.*, ${newerSiblingVerifiedSql('c')} AS newer_sibling_verified`);
+RETURNING c.*, ${newerSiblingVerifiedSql('c', 'postgres')} AS newer_sibling_verified`);
 
 /** $1 id, $2 owner, $3 expected version, $4 now, $5 new lease end, $6 updated_at. */
 const EXTEND_LEASE = `

@@ -201,7 +201,7 @@ SET state            = CASE WHEN state IN ${sqlStateList(WAITING_STATES)} THEN '
 WHERE id = @id`;
 
 /** The leased row read back, with whether a newer sibling is verified (DESIGN §5 step 8). */
-const LEASED_BY_ID = `SELECT *, ${newerSiblingVerifiedSql('commands')} AS newer_sibling_verified FROM commands WHERE id = ?`;
+const LEASED_BY_ID = `SELECT *, ${newerSiblingVerifiedSql('commands', 'sqlite')} AS newer_sibling_verified FROM commands WHERE id = ?`;
 
 const EXTEND_LEASE = `
 UPDATE commands
