@@ -346,18 +346,18 @@ export function eventFromRow(row: EventRow): CommandEventRecord {
  * SQL for "a verified sibling of the row `c` (a table name or alias) is newer than it" (DESIGN §5 step 8: the later source timestamp when both
  * carry a different one, else the higher generation), the same rule as the worker's. Standard SQL, both dialects.
  *
- * On SQLite the state test is written `+newer.state`, which keeps SQLite's planner off `commands_tenant_state`
- * (tenant, state): without table statistics it chose that index, and so read every verified command of the tenant
- * on every lease (0.23 ms a lease at 3,000 verified commands, growing with the table), instead of the few
- * commands of one business key through `commands_business_key`. PostgreSQL plans from statistics and has no
- * unary plus for text.
+ * The state test is written so that no index can serve it (`+newer.state` on SQLite, `newer.state || ''` on
+ * PostgreSQL), which keeps the planners off `commands_tenant_state` (tenant, state): without table statistics both
+ * chose that index, and so read every verified command of the tenant on every lease (0.23 ms a lease at 3,000
+ * verified commands on SQLite, growing with the table), instead of the few commands of one business key through
+ * `commands_business_key`.
  */
 export const newerSiblingVerifiedSql = (c: string, dialect: 'sqlite' | 'postgres'): string => `EXISTS (
     SELECT 1 FROM commands AS newer
     WHERE newer.tenant_id = ${c}.tenant_id
       AND newer.business_key = ${c}.business_key
       AND newer.id <> ${c}.id
-      AND ${dialect === 'sqlite' ? '+' : ''}newer.state = 'verified'
+      AND ${dialect === 'sqlite' ? '+newer.state' : "newer.state || ''"} = 'verified'
       AND (CASE WHEN newer.source_timestamp IS NOT NULL AND ${c}.source_timestamp IS NOT NULL AND newer.source_timestamp <> ${c}.source_timestamp
                 THEN newer.source_timestamp > ${c}.source_timestamp
                 ELSE newer.generation > ${c}.generation END))`;

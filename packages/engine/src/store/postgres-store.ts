@@ -232,7 +232,11 @@ const pgKeyFree = (alias: string): string => `($5::boolean OR NOT EXISTS (
  * who leases what is decided by the business keys' advisory locks, and {@link LEASE_MANY} re-checks every row.
  * (`FOR UPDATE SKIP LOCKED` here kept, until the lease transaction ended, the row lock of a candidate that
  * another worker had leased meanwhile — its re-check fails, its lock stays — which stalled that worker's next
- * state transition on the row.) Each branch reads at most `$4` index entries.
+ * state transition on the row.) Each branch reads at most `$4` index entries. Both waiting branches go through
+ * `commands_due_priority` (batch, then interactive) in index order: an ordered index scan marks the entries of dead
+ * row versions (every leased command leaves one) as dead as it passes them, where a bitmap scan of `commands_due`,
+ * which the planner chose without statistics, re-read all of them on every lease until the next vacuum (5.6 ms a
+ * lease after 2,500 commands in the benchmark).
  *
  * $1 now, $2 tenant id or NULL, $3 how many candidates, $4 window per branch, $5 unsafe (no key rule).
  */
@@ -241,7 +245,7 @@ SELECT c.id, c.tenant_id, c.business_key
 FROM commands AS c
 WHERE c.id IN (
     (SELECT w.id FROM commands AS w
-     WHERE w.state IN ${sqlStateList(WAITING_STATES)} AND w.next_attempt_at <= $1
+     WHERE w.priority = 'batch' AND w.state IN ${sqlStateList(WAITING_STATES)} AND w.next_attempt_at <= $1
        AND ($2::text IS NULL OR w.tenant_id = $2) AND ${pgKeyFree('w')}
      ORDER BY w.next_attempt_at LIMIT $4)
     UNION ALL
