@@ -130,7 +130,8 @@ export async function run(argv) {
       worker.start();
       // Warm-up (not measured), as for direct: the engine's JIT, the client's connections and the token, with
       // `warmup` commands delivered to `verified` through the same store and worker first.
-      const submitOne = (key, i) => submitCommand(store, { tenantId: 'wb', context: 'system', action: 'create', resourceType: 'Observation', resource: observation(i), businessKey: key, requestedBy: 'bench' });
+      // `dispatch`: the worker takes a new command at submission when it has a free slot, as the service does.
+      const submitOne = (key, i) => submitCommand(store, { tenantId: 'wb', context: 'system', action: 'create', resourceType: 'Observation', resource: observation(i), businessKey: key, requestedBy: 'bench' }, { dispatch: worker });
       await closedLoop({ total: o.warmup, concurrency: submitters, fn: (i) => submitOne(`wb-${subject}-${rnd}-warmup-${i}`, i) });
       if (!(await waitSettled(store, 'wb', settled, o.warmup, 120_000))) throw new Error('warm-up did not settle');
       settled.verified = 0;

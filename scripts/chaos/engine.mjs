@@ -130,7 +130,7 @@ async function runLibraryEngine() {
           idempotencyKey: intent.commandId,
           requestedBy: 'chaos-harness',
           sourceTimestamp: intent.seq,
-        });
+        }, { dispatch: worker });
         break;
       } catch (err) {
         // 409: the same key is being accepted right now by an earlier incarnation of this process: retry.

@@ -20,7 +20,7 @@ import type { EhrClient } from '../client/index.js';
 import type { IdentifierTokenizer, Logger, ServiceMetrics } from '../observability/index.js';
 import type { ApiRole, CommandRecord, CommandState, Store } from '../store/index.js';
 import { COMMAND_STATE_VALUES } from '../store/index.js';
-import { commandInputSchema, submitCommand, type ExceptionQueue } from '../writeback/index.js';
+import { commandInputSchema, submitCommand, type ExceptionQueue, type SubmitDispatch } from '../writeback/index.js';
 import { ADMIN, ANY_ROLE, API_ROLES, assertRole, authenticate, createApiKey, OPERATE, SUBMIT, type Caller, type RouteAccess } from './access.js';
 
 /** What the API needs from the running service. */
@@ -50,6 +50,8 @@ export interface ApiDeps {
   readonly unsafeBroken?: 'ack-before-commit';
   /** Called after a command was accepted (wakes the local workers). */
   readonly onSubmitted?: (commandId: string) => void;
+  /** The local worker, to hand new commands to at submission when it has a free slot (`submitCommand`'s `dispatch`). */
+  readonly dispatch?: SubmitDispatch;
   /** Extra routes (audit, console), registered with the same access rules. */
   readonly plugins?: readonly ((app: FastifyInstance, helpers: ApiHelpers) => Promise<void> | void)[];
   readonly version?: string;
@@ -79,6 +81,16 @@ declare module 'fastify' {
 }
 
 const FHIR_JSON = 'application/fhir+json; charset=utf-8';
+
+/** What "saved" means for the state a submission answers with (docs/writeback.md). */
+const savedText = (state: CommandState): string =>
+  state === 'queued'
+    ? 'queued: durable, not yet in the EHR'
+    : state === 'in_flight'
+      ? 'in_flight: durable, a worker is sending it to the EHR now'
+      : state === 'verified'
+        ? 'verified: in the EHR, read back and matching'
+        : `${state}: durable; see the command's timeline`;
 
 /** What the exception queue shows: commands a human must decide on (DESIGN §5; docs/writeback.md "needs attention"). */
 export const EXCEPTION_STATES: readonly CommandState[] = ['needs_review', 'rejected'];
@@ -307,7 +319,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     'POST',
     '/v1/commands',
     { roles: SUBMIT },
-    { summary: 'Submit a command. 202 once it is durable (state queued). Idempotency-Key header: same key and payload return the original; another payload 422; still being accepted 409.', tags: ['commands'], body: apiCommandSchema, status: 202 },
+    { summary: 'Submit a command. 202 once it is durable (state queued, or in_flight when a worker took it at once). Idempotency-Key header: same key and payload return the original; another payload 422; still being accepted 409.', tags: ['commands'], body: apiCommandSchema, status: 202 },
     async (request, reply) => {
       const who = caller(request);
       const body = parse(apiCommandSchema, request.body, 'command');
@@ -325,7 +337,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
         void reply.status(202).header('location', `/v1/commands/${id}`);
         return { id, state: 'queued', created: true, generation: 1, saved: 'queued: durable, not yet in the EHR' };
       }
-      const result = await submitCommand(deps.store, input);
+      const result = await submitCommand(deps.store, input, deps.dispatch ? { dispatch: deps.dispatch } : {});
       deps.metrics.commandsSubmitted.inc({ tenant: body.tenantId, resource: body.resourceType, result: result.created ? 'created' : 'replay' });
       if (result.created) deps.onSubmitted?.(result.id);
       request.log.info({ commandId: result.id, tenant: body.tenantId, created: result.created }, 'command accepted');
@@ -335,7 +347,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
         .header('location', `/v1/commands/${result.id}`)
         .header('x-correlation-id', result.id);
       if (!result.created) void reply.header('idempotent-replayed', 'true');
-      return { id: result.id, state: result.state, created: result.created, generation: result.generation, saved: 'queued: durable, not yet in the EHR' };
+      return { id: result.id, state: result.state, created: result.created, generation: result.generation, saved: savedText(result.state) };
     },
   );
 

@@ -54,7 +54,8 @@ describe('commands over HTTP', () => {
     const res = await t.api('POST', '/v1/commands', { body: command('svc:obs-1') });
     expect(res.status).toBe(202);
     expect(res.headers['location']).toBe(`/v1/commands/${res.body.id}`);
-    expect(res.body).toMatchObject({ state: 'queued', created: true });
+    // The service's worker had a free slot: it took the command at submission (stored in_flight, leased to it).
+    expect(res.body).toMatchObject({ state: 'in_flight', created: true, saved: 'in_flight: durable, a worker is sending it to the EHR now' });
     const done = await t.waitFor(res.body.id, (s) => s === 'verified');
     expect(done.command).toMatchObject({ state: 'verified', tenantId: 'demo', businessKey: 'svc:obs-1', ehrId: expect.any(String) });
     expect(done.attempts.length).toBeGreaterThanOrEqual(1);

@@ -224,6 +224,7 @@ export async function startService(config: ServiceConfig, seams: ServiceSeams = 
       metricsRequireAuth: config.api.metricsRequireAuth,
       audit,
       doctor: (tenantId) => runDoctor({ store, broker, client }, tenantId),
+      ...(worker ? { dispatch: worker } : {}),
       ...(sandbox ? { sandbox: { url: sandbox.url, fhirBaseUrl: sandbox.fhirBaseUrl, tenantId: DEMO_TENANT_ID } } : {}),
       readiness: async () => {
         const checks: Record<string, string> = {};

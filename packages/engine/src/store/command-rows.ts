@@ -21,6 +21,7 @@ import type {
   LeaseRequest,
   NewCommand,
   CommandVerification,
+  SubmitLease,
 } from './types.js';
 
 /** Every state, in the order of DESIGN §5 (defined in core). The CHECK constraints of migration 2 list the same words. */
@@ -124,6 +125,10 @@ const leaseSchema = z
   })
   .strict();
 
+const submitLeaseSchema = z
+  .object({ owner: id, now: epochMs, leaseMs: z.number().int().min(1).max(24 * 3_600_000) })
+  .strict();
+
 function parse<S extends z.ZodType>(schema: S, value: unknown, what: string): z.output<S> {
   const parsed = schema.safeParse(value);
   if (!parsed.success) {
@@ -189,6 +194,23 @@ export function validateFilter(filter: CommandFilter): Required<Pick<CommandFilt
   const f = parse(filterSchema, filter, 'command filter');
   return { ...f, limit: f.limit ?? DEFAULT_COMMAND_LIST_LIMIT };
 }
+
+export function validateSubmitLease(lease: SubmitLease | undefined): SubmitLease | undefined {
+  return lease === undefined ? undefined : parse(submitLeaseSchema, lease, 'submit lease');
+}
+
+/** States after which a command never moves again (no lease, no operator retry). */
+export const TERMINAL_STATES = ['verified', 'superseded', 'cancelled'] as const satisfies readonly CommandState[];
+
+/**
+ * SQL (both dialects): true when a command of the key `(tenant, business key)` other than the new one is in a
+ * non-terminal state. A submit lease is taken only when this is false (see {@link SubmitLease}). `tenant` and
+ * `key` are placeholders of the caller's dialect.
+ */
+export const openSiblingSql = (tenant: string, key: string): string => `EXISTS (
+    SELECT 1 FROM commands AS open_sibling
+    WHERE open_sibling.tenant_id = ${tenant} AND open_sibling.business_key = ${key}
+      AND open_sibling.state NOT IN ${sqlStateList(TERMINAL_STATES)})`;
 
 export function validateLease(request: LeaseRequest): Required<Pick<LeaseRequest, 'limit'>> & LeaseRequest {
   const r = parse(leaseSchema, request, 'lease request');

@@ -33,4 +33,4 @@ export {
   MAX_AUDIT_LIST_LIMIT,
 } from './audit.js';
 // The command states, as the store's CHECK constraints list them (the state machine reuses the same list).
-export { COMMAND_STATE_VALUES, WORKING_STATES as LEASED_WORKING_STATES } from './command-rows.js';
+export { COMMAND_STATE_VALUES, TERMINAL_STATES as TERMINAL_COMMAND_STATES, WORKING_STATES as LEASED_WORKING_STATES } from './command-rows.js';

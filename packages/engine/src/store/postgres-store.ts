@@ -10,6 +10,7 @@ import {
   idempotentReplay,
   leasedFromRow,
   newerSiblingVerifiedSql,
+  openSiblingSql,
   patchColumns,
   planSteps,
   sqlStateList,
@@ -18,6 +19,7 @@ import {
   validateCommandId,
   validateFilter,
   validateLease,
+  validateSubmitLease,
   validateNewCommand,
   validatePatientFailures,
   WAITING_STATES,
@@ -78,6 +80,7 @@ import type {
   InsertResult,
   LeasedCommand,
   LeaseRequest,
+  SubmitLease,
   NewCommand,
   NewCommandEvent,
   NewTenant,
@@ -190,33 +193,42 @@ RETURNING key`;
  *
  * $1 id, $2 tenant, $3 context, $4 action, $5 resource type, $6 business key, $7 idempotency key, $8 payload hash,
  * $9 resource, $10 priority, $11 now, $12 ehr version, $13 source timestamp, $14 requested by, $15 deadline,
- * $16 actor, $17 patient ref.
+ * $16 actor, $17 patient ref, $18 submit lease owner or NULL, $19 submit lease end. With a submit lease, the command
+ * is inserted `in_flight` under it when no other command of its key is in a non-terminal state ({@link SubmitLease}):
+ * without the key's advisory lock this is still safe, because a sibling a worker could lease is either visible to
+ * this statement (then no lease is taken) or was submitted after this one committed (its leaser sees this lease).
  */
 const INSERT_COMMAND: NamedSql = named('tether:insert-command', `
 WITH existing AS (
   SELECT * FROM commands WHERE $7::text IS NOT NULL AND tenant_id = $2 AND idempotency_key = $7
+), lease AS (
+  SELECT $18::text AS owner, $19::bigint AS until
+  WHERE $18::text IS NOT NULL AND NOT ${openSiblingSql('$2', '$6')}
 ), ins AS (
-  INSERT INTO commands (
+  INSERT INTO commands AS c (
     id, tenant_id, context, action, resource_type, business_key, idempotency_key, payload_hash, resource, priority,
     state, state_reason, attempts, attempt_seq, budget_started_at, next_attempt_at, lease_owner, lease_expires_at,
     ehr_id, ehr_version, source_timestamp, generation, requested_by, deadline_at, created_at, updated_at, version,
     patient_ref
   )
   SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text, $9::jsonb, $10::text,
-    'queued', NULL, 0, 0, $11::bigint, $11::bigint, NULL, NULL,
+    CASE WHEN lease.owner IS NULL THEN 'queued' ELSE 'in_flight' END, NULL,
+    CASE WHEN lease.owner IS NULL THEN 0 ELSE 1 END, CASE WHEN lease.owner IS NULL THEN 0 ELSE 1 END,
+    $11::bigint, $11::bigint, lease.owner, lease.until,
     NULL, $12::text, $13::bigint,
     (SELECT COALESCE(MAX(generation), 0) + 1 FROM commands WHERE tenant_id = $2 AND business_key = $6),
     $14::text, $15::bigint, $11::bigint, $11::bigint, 1,
     $17::text
+  FROM (SELECT 1) AS one LEFT JOIN lease ON true
   WHERE NOT EXISTS (SELECT 1 FROM existing)
-  RETURNING *
+  RETURNING c.*, ${newerSiblingVerifiedSql('c', 'postgres')} AS newer_sibling_verified
 ), ev AS (
   INSERT INTO command_events (command_id, at, kind, actor, from_state, to_state, reason)
   SELECT id, $11::bigint, 'submitted', $16::text, NULL, 'queued', NULL FROM ins
 )
 SELECT true AS inserted, ins.* FROM ins
 UNION ALL
-SELECT false AS inserted, existing.* FROM existing`);
+SELECT false AS inserted, existing.*, false AS newer_sibling_verified FROM existing`);
 
 /** The per-key rule (see the SQLite twin); `$5` true switches it off (sensitivity testing only). */
 const pgKeyFree = (alias: string): string => `($5::boolean OR NOT EXISTS (
@@ -432,7 +444,7 @@ export class PostgresStore implements Store {
       take: async (key, capacity, refillPerSecond, now, cost = 1) => this.#take(key, capacity, refillPerSecond, now, cost),
     };
     this.commands = {
-      insert: async (command, actor) => this.#insertCommand(command, actor),
+      insert: async (command, actor, lease) => this.#insertCommand(command, actor, lease),
       get: async (id) => this.#getCommand(id),
       list: async (filter) => this.#listCommands(filter ?? {}),
       lease: async (request) => this.#lease(request),
@@ -766,9 +778,10 @@ export class PostgresStore implements Store {
     }
   }
 
-  async #insertCommand(input: NewCommand, actor: string): Promise<InsertResult> {
+  async #insertCommand(input: NewCommand, actor: string, submitLease: SubmitLease | undefined): Promise<InsertResult> {
     const c = validateNewCommand(input);
     validateActor(actor);
+    const lease = validateSubmitLease(submitLease);
     const params = (): unknown[] => [
       c.id,
       c.tenantId,
@@ -787,11 +800,16 @@ export class PostgresStore implements Store {
       c.deadlineAt,
       actor,
       c.patientRef,
+      lease?.owner ?? null,
+      lease === undefined ? null : lease.now + lease.leaseMs,
     ];
-    const answer = (row: (CommandRow & { inserted: boolean }) | undefined): InsertResult => {
+    type Inserted = CommandRow & { inserted: boolean; newer_sibling_verified: boolean };
+    const answer = (row: Inserted | undefined): InsertResult => {
       if (!row) throw new TetherError('INTERNAL', 'Command insert returned no row.');
       if (!row.inserted) return idempotentReplay(commandFromRow(row), c.payloadHash);
-      return { command: commandFromRow(row), created: true };
+      if (lease === undefined || row.lease_owner !== lease.owner) return { command: commandFromRow(row), created: true };
+      const leased = leasedFromRow(row);
+      return { command: leased, created: true, leased };
     };
     const constraints: ConstraintCodes = { foreignKey: 'TENANT_NOT_FOUND', unique: 'IDEMPOTENCY_KEY_IN_PROGRESS' };
     try {
@@ -800,7 +818,7 @@ export class PostgresStore implements Store {
       // (tenant, business key, generation): the later one waits for the earlier's commit, fails, and tries again.
       for (let attempt = 0; attempt < INSERT_FAST_ATTEMPTS; attempt++) {
         try {
-          return answer((await this.#query<CommandRow & { inserted: boolean }>('insert command', INSERT_COMMAND, params(), constraints))[0]);
+          return answer((await this.#query<Inserted>('insert command', INSERT_COMMAND, params(), constraints))[0]);
         } catch (err) {
           if (!isGenerationRace(err)) throw err;
         }
@@ -815,7 +833,7 @@ export class PostgresStore implements Store {
         try {
           return await this.#transaction(
             'insert command',
-            async (client) => answer((await client.query<CommandRow & { inserted: boolean }>({ ...INSERT_COMMAND, values: params() })).rows[0]),
+            async (client) => answer((await client.query<Inserted>({ ...INSERT_COMMAND, values: params() })).rows[0]),
             constraints,
             `BEGIN; SELECT pg_advisory_xact_lock(${BigInt(key).toString()})`,
           );

@@ -6,6 +6,7 @@ import {
   commandFromRow,
   idempotentReplay,
   leasedFromRow,
+  openSiblingSql,
   newerSiblingVerifiedSql,
   eventFromRow,
   patchColumns,
@@ -18,6 +19,7 @@ import {
   validateLease,
   validateNewCommand,
   validatePatientFailures,
+  validateSubmitLease,
   WAITING_STATES,
   WORKING_STATES,
   type AttemptRow,
@@ -72,6 +74,7 @@ import type {
   NewCommandEvent,
   NewTenant,
   RateLimitDecision,
+  SubmitLease,
   RateLimitRepo,
   Store,
   TenantPatch,
@@ -123,12 +126,18 @@ INSERT INTO commands (
   patient_ref
 ) VALUES (
   @id, @tenantId, @context, @action, @resourceType, @businessKey, @idempotencyKey, @payloadHash, @resource, @priority,
-  'queued', NULL, 0, 0, @now, @now, NULL, NULL,
+  @state, NULL, @attempts, @attempts, @now, @now, @leaseOwner, @leaseExpiresAt,
   NULL, @ehrVersion, @sourceTimestamp,
   (SELECT COALESCE(MAX(generation), 0) + 1 FROM commands WHERE tenant_id = @tenantId AND business_key = @businessKey),
   @requestedBy, @deadlineAt, @now, @now, 1,
   @patientRef
 )`;
+
+/** The columns of a command inserted without a lease. */
+const QUEUED = { state: 'queued', attempts: 0, leaseOwner: null, leaseExpiresAt: null } as const;
+
+/** Whether a submit lease may be taken: no other command of the key in a non-terminal state. */
+const OPEN_SIBLING = `SELECT ${openSiblingSql('@tenantId', '@businessKey')} AS open`;
 
 /**
  * The hot write paths (insert, lease, transition) do not use `RETURNING`: SQLite materialises a RETURNING result in
@@ -318,7 +327,7 @@ export class SqliteStore implements Store {
       take: async (key, capacity, refillPerSecond, now, cost = 1) => this.#take(key, capacity, refillPerSecond, now, cost),
     };
     this.commands = {
-      insert: async (command, actor) => this.#insertCommand(command, actor),
+      insert: async (command, actor, lease) => this.#insertCommand(command, actor, lease),
       get: async (id) => this.#getCommand(id),
       list: async (filter) => this.#listCommands(filter ?? {}),
       lease: async (request) => this.#lease(request),
@@ -614,9 +623,10 @@ export class SqliteStore implements Store {
 
   // ---------------------------------------------------------------------------------------------- commands
 
-  #insertCommand(input: NewCommand, actor: string): Promise<InsertResult> {
+  #insertCommand(input: NewCommand, actor: string, submitLease: SubmitLease | undefined): Promise<InsertResult> {
     const c = validateNewCommand(input);
     validateActor(actor);
+    const lease = validateSubmitLease(submitLease);
     return this.#write(
       'insert command',
       (db) =>
@@ -630,10 +640,14 @@ export class SqliteStore implements Store {
               if (existing) return idempotentReplay(commandFromRow(existing), c.payloadHash);
             }
             const now = this.#clock();
-            this.#statement(INSERT_COMMAND).run({ ...c, resource: JSON.stringify(c.resource), now });
-            const row = this.#statement(COMMAND_BY_ID).get(c.id) as CommandRow;
+            const leased = lease !== undefined && (this.#statement(OPEN_SIBLING).get({ tenantId: c.tenantId, businessKey: c.businessKey }) as { open: number }).open === 0;
+            const state = leased ? { state: 'in_flight', attempts: 1, leaseOwner: lease.owner, leaseExpiresAt: lease.now + lease.leaseMs } : QUEUED;
+            this.#statement(INSERT_COMMAND).run({ ...c, resource: JSON.stringify(c.resource), now, ...state });
+            // The `submitted` event says `queued` either way: a lease is not an event (as in `lease`).
             this.#statement(INSERT_EVENT).run({ commandId: c.id, at: now, kind: 'submitted', actor, fromState: null, toState: 'queued', reason: null });
-            return { command: commandFromRow(row), created: true };
+            if (!leased) return { command: commandFromRow(this.#statement(COMMAND_BY_ID).get(c.id) as CommandRow), created: true };
+            const row = leasedFromRow(this.#statement(LEASED_BY_ID).get(c.id) as CommandRow & { newer_sibling_verified: number });
+            return { command: row, created: true, leased: row };
           })
           .immediate(),
       { foreignKey: 'TENANT_NOT_FOUND', unique: 'COMMAND_INVALID' },

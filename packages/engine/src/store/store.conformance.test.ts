@@ -644,6 +644,52 @@ describe.each([sqliteBackend(), postgresBackend()])('store conformance ($kind)',
       expect(again).toMatchObject({ id: older.id, newerSiblingVerified: true });
     });
 
+    it('takes a submit lease in the insert when no other command of the key is open, and never otherwise', async () => {
+      const tenant = await store.tenants.create(newTenant());
+      const lease = { owner: 'w-submit', now: now + 5, leaseMs: 2_000 };
+      // Alone: stored in_flight under the lease (attempt 1), with the submitted event; no lease query returns it.
+      const first = await store.commands.insert(newCommand(tenant.id, { businessKey: 'hand' }), 'api:t', lease);
+      expect(first.leased).toMatchObject({ state: 'in_flight', leaseOwner: 'w-submit', leaseExpiresAt: now + 2_005, attempts: 1, attemptSeq: 1, generation: 1, newerSiblingVerified: false });
+      expect(first.command).toEqual(first.leased);
+      expect(await store.commands.get(first.command.id)).toEqual(expect.objectContaining({ state: 'in_flight', leaseOwner: 'w-submit', version: first.command.version }));
+      expect((await store.commands.events(first.command.id)).map((e) => [e.kind, e.fromState, e.toState])).toEqual([['submitted', null, 'queued']]);
+      expect(await store.commands.lease({ owner: 'w2', now: now + 10, leaseMs: 1_000, tenantId: tenant.id, limit: 10 })).toEqual([]);
+      // A sibling while the first is open (here: leased): stored queued, not leased; the key rule holds.
+      const second = await store.commands.insert(newCommand(tenant.id, { businessKey: 'hand' }), 'api:t', lease);
+      expect(second.leased).toBeUndefined();
+      expect(second.command).toMatchObject({ state: 'queued', leaseOwner: null, attempts: 0, generation: 2 });
+      // Open means any non-terminal state: a rejected or needs_review sibling can still be retried by an operator.
+      await store.commands.transition(first.command.id, first.command.version, { state: 'rejected', leaseOwner: null, leaseExpiresAt: null });
+      const whileRejected = await store.commands.insert(newCommand(tenant.id, { businessKey: 'hand2' }), 'api:t');
+      expect(whileRejected.leased).toBeUndefined();
+      await store.commands.transition(whileRejected.command.id, whileRejected.command.version, { state: 'needs_review' });
+      expect((await store.commands.insert(newCommand(tenant.id, { businessKey: 'hand2' }), 'api:t', lease)).leased).toBeUndefined();
+      // Only terminal siblings (verified, superseded, cancelled): leased, and told when a newer one is verified.
+      const other = await store.tenants.create(newTenant());
+      const done = (await store.commands.insert(newCommand(other.id, { businessKey: 'k', sourceTimestamp: 50 }), 'api:t')).command;
+      await store.commands.transition(done.id, done.version, { state: 'verified' });
+      const late = await store.commands.insert(newCommand(other.id, { businessKey: 'k', sourceTimestamp: 40 }), 'api:t', lease);
+      expect(late.leased).toMatchObject({ generation: 2, state: 'in_flight', newerSiblingVerified: true });
+      // An idempotent replay is never leased (the original stays as it is).
+      const keyed = newCommand(other.id, { idempotencyKey: 'idem-lease' });
+      const original = await store.commands.insert(keyed, 'api:t');
+      const replay = await store.commands.insert({ ...keyed, id: `cmd-${uid()}` }, 'api:t', lease);
+      expect(replay).toEqual({ command: original.command, created: false });
+      // An invalid lease is refused before anything is written.
+      await expectCode(store.commands.insert(newCommand(other.id), 'api:t', { owner: '', now, leaseMs: 1_000 }), 'COMMAND_INVALID');
+    });
+
+    it('gives one submit lease per key when submissions of one key race', async () => {
+      const tenant = await store.tenants.create(newTenant());
+      const results = await Promise.all(
+        Array.from({ length: 8 }, (_, i) => store.commands.insert(newCommand(tenant.id, { businessKey: 'race' }), 'api:t', { owner: `w${i}`, now, leaseMs: 60_000 })),
+      );
+      expect(results.filter((r) => r.leased !== undefined)).toHaveLength(1);
+      expect(results.map((r) => r.command.generation).sort((a, b) => a - b)).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+      // And the lease query respects it: nothing else of the key can be leased while it is live.
+      expect(await store.commands.lease({ owner: 'w', now, leaseMs: 1_000, tenantId: tenant.id, limit: 10 })).toEqual([]);
+    });
+
     it('leases two commands of one key at once only when the key rule is deliberately off (sensitivity testing)', async () => {
       const tenant = await store.tenants.create(newTenant());
       for (let i = 0; i < 2; i++) await store.commands.insert(newCommand(tenant.id, { businessKey: 'twins' }), 'api:t');

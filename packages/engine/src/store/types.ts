@@ -424,6 +424,23 @@ export interface InsertResult {
   readonly command: CommandRecord;
   /** False when an earlier command with the same idempotency key and payload was returned instead. */
   readonly created: boolean;
+  /** The new command, leased to the submit lease's owner: set when a {@link SubmitLease} was given and taken. */
+  readonly leased?: LeasedCommand;
+}
+
+/**
+ * A lease to take at submission, in the insert's transaction (a worker of the submitting process with a free slot;
+ * docs/writeback.md "Hand-off at submission"): the command is stored `in_flight` under this lease instead of
+ * `queued`, and the worker starts its first attempt without a lease query. Taken only when no other command of the
+ * same (tenant, business key) is in a non-terminal state, so the one-attempt-per-key rule holds without the key
+ * lock (any sibling submitted later sees this one), and never for an idempotent replay.
+ */
+export interface SubmitLease {
+  /** The worker's lease owner id. */
+  readonly owner: string;
+  /** The worker's clock now (ms); the lease runs until `now + leaseMs`. */
+  readonly now: number;
+  readonly leaseMs: number;
 }
 
 /**
@@ -437,7 +454,7 @@ export interface CommandRepo {
    * and the same payload hash is returned (`created: false`); with another payload hash the insert fails with
    * `IDEMPOTENCY_KEY_REUSED`. Throws `TENANT_NOT_FOUND` for an unknown tenant. Resolves only once committed.
    */
-  insert(command: NewCommand, actor: string): Promise<InsertResult>;
+  insert(command: NewCommand, actor: string, lease?: SubmitLease): Promise<InsertResult>;
   get(id: string): Promise<CommandRecord | undefined>;
   list(filter?: CommandFilter): Promise<CommandRecord[]>;
   /**

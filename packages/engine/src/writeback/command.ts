@@ -6,7 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import { z } from 'zod';
 import { scopesAllow, stableHash, TetherError, type ScopedInteraction, type SmartContext } from '@tether/core';
-import type { CommandAction, CommandRecord, CommandState, Store } from '../store/index.js';
+import type { CommandAction, CommandRecord, CommandState, InsertResult, LeasedCommand, Store, SubmitLease } from '../store/index.js';
 
 /**
  * Tether's identifier system for business keys. Every resource Tether writes carries
@@ -60,7 +60,10 @@ export type CommandInput = z.input<typeof commandInputSchema>;
 /** The answer of {@link submitCommand}. */
 export interface SubmitResult {
   readonly id: string;
-  /** `queued` for a new command; the current state of the original for an idempotent replay. */
+  /**
+   * `queued` for a new command, or `in_flight` when a worker of this process took it at submission
+   * ({@link SubmitOptions.dispatch}); the current state of the original for an idempotent replay.
+   */
   readonly state: CommandState;
   /** False when an earlier command with the same idempotency key and payload was returned. */
   readonly created: boolean;
@@ -71,6 +74,24 @@ export interface SubmitResult {
 export interface SubmitOptions {
   /** Command id source. Default: `randomUUID`. */
   readonly newId?: () => string;
+  /**
+   * A worker of this process to hand the new command to (a {@link WritebackWorker} is one): when it has a free
+   * slot, the command is stored already leased to it, in the insert's transaction, and its first attempt starts at
+   * once, with no lease query and no wait for the next poll. Without a free slot (or when another command of the
+   * business key is still open) the command is stored `queued` as usual. docs/writeback.md "Hand-off at submission".
+   */
+  readonly dispatch?: SubmitDispatch;
+}
+
+/** Takes commands at submission (implemented by {@link WritebackWorker}). */
+export interface SubmitDispatch {
+  /** Reserves a slot for a command of `tenantId` about to be inserted, or answers undefined (no free slot). */
+  claim(tenantId: string): SubmitLease | undefined;
+  /**
+   * Ends a reservation of {@link claim}: with the leased command (the insert took the lease: start its attempt),
+   * or undefined (not taken, or the insert failed: the slot is free again). Called exactly once per claim.
+   */
+  adopt(leased: LeasedCommand | undefined): void;
 }
 
 /** The FHIR interactions the protocol makes for an action: the write itself, the business-key search and the read-back. */
@@ -206,26 +227,34 @@ export async function submitCommand(store: Store, input: CommandInput, options: 
 
   const resource = stampBusinessKey(command.resource, command.businessKey);
   const { idempotencyKey, ...payload } = command;
-  const { command: stored, created } = await store.commands.insert(
-    {
-      id: (options.newId ?? randomUUID)(),
-      tenantId: command.tenantId,
-      context: command.context,
-      action: command.action,
-      resourceType: command.resourceType,
-      businessKey: command.businessKey,
-      idempotencyKey: idempotencyKey ?? null,
-      payloadHash: stableHash(payload),
-      resource,
-      priority: command.priority,
-      ehrVersion: command.baseVersion ?? null,
-      sourceTimestamp: command.sourceTimestamp ?? null,
-      requestedBy: command.requestedBy,
-      deadlineAt: command.deadline ?? null,
-      patientRef: patientRefOf(resource),
-    },
-    `api:${command.requestedBy}`,
-  );
+  const row = {
+    id: (options.newId ?? randomUUID)(),
+    tenantId: command.tenantId,
+    context: command.context,
+    action: command.action,
+    resourceType: command.resourceType,
+    businessKey: command.businessKey,
+    idempotencyKey: idempotencyKey ?? null,
+    payloadHash: stableHash(payload),
+    resource,
+    priority: command.priority,
+    ehrVersion: command.baseVersion ?? null,
+    sourceTimestamp: command.sourceTimestamp ?? null,
+    requestedBy: command.requestedBy,
+    deadlineAt: command.deadline ?? null,
+    patientRef: patientRefOf(resource),
+  };
+  const { dispatch } = options;
+  const lease = dispatch?.claim(command.tenantId);
+  let inserted: InsertResult;
+  try {
+    inserted = await store.commands.insert(row, `api:${command.requestedBy}`, lease);
+  } catch (err) {
+    if (lease) dispatch?.adopt(undefined);
+    throw err;
+  }
+  if (lease) dispatch?.adopt(inserted.leased);
+  const { command: stored, created } = inserted;
   return { id: stored.id, state: stored.state, created, generation: stored.generation };
 }
 

@@ -18,6 +18,7 @@ export {
   submitCommand,
   type CommandInput,
   type SubmitOptions,
+  type SubmitDispatch,
   type SubmitResult,
 } from './command.js';
 export {

@@ -21,7 +21,7 @@
  * back to `in_flight` and starts the attempt with reconcile-before-write.
  */
 import { TetherError } from '@tether/core';
-import { COMMAND_STATE_VALUES, LEASED_WORKING_STATES, type CommandState } from '../store/index.js';
+import { COMMAND_STATE_VALUES, TERMINAL_COMMAND_STATES, LEASED_WORKING_STATES, type CommandState } from '../store/index.js';
 
 /** Every state (DESIGN §5 order): the same list the store's CHECK constraints use. */
 export const COMMAND_STATES = COMMAND_STATE_VALUES;
@@ -43,7 +43,7 @@ export const TRANSITIONS: Readonly<Record<CommandState, readonly CommandState[]>
 });
 
 /** No way out: the command is done for good. */
-export const TERMINAL_STATES: readonly CommandState[] = ['verified', 'superseded', 'cancelled'];
+export const TERMINAL_STATES: readonly CommandState[] = TERMINAL_COMMAND_STATES;
 /**
  * Nothing more happens without an operator: terminal states plus `rejected` and `needs_review` (the exception
  * queue). A command in any other state is still owned by the workers.

@@ -24,9 +24,10 @@ import type {
   CommandStep,
   CommandVerification,
   LeasedCommand,
+  SubmitLease,
   TenantRecord,
 } from '../store/index.js';
-import { businessKeySearch, carriesBusinessKey, contentMatches } from './command.js';
+import { businessKeySearch, carriesBusinessKey, contentMatches, type SubmitDispatch } from './command.js';
 import type { WritebackEvent } from './events.js';
 import {
   DEFAULT_VENDOR_PROFILE,
@@ -197,9 +198,11 @@ function writtenRef(result: WriteResult, resourceType: string): WrittenRef | und
  * mid-request); waits inside an attempt (the verification window) are cut short and the command is released to
  * `retry_wait`, due immediately, so another worker picks it up and reconciles first.
  */
-export class WritebackWorker {
+export class WritebackWorker implements SubmitDispatch {
   readonly options: ResolvedWorkerOptions;
   readonly #active = new Set<Promise<void>>();
+  /** Slots reserved by {@link claim} for submissions not yet committed. */
+  #claimed = 0;
   readonly #stopping = new AbortController();
   /** Tenants read in the last {@link TENANT_CACHE_MS}, with when (worker clock). */
   readonly #tenants = new Map<string, { readonly at: number; readonly tenant: Promise<TenantRecord | undefined> }>();
@@ -222,6 +225,28 @@ export class WritebackWorker {
     return this.#active.size;
   }
 
+  /**
+   * Hand-off at submission ({@link SubmitDispatch}; pass the worker as `dispatch` to `submitCommand`): reserves a
+   * slot for a command about to be inserted when this worker runs (`start()`, not stopping), serves the tenant, and
+   * has a slot free. The insert then stores the command leased to this worker and {@link adopt} starts its attempt.
+   */
+  claim(tenantId: string): SubmitLease | undefined {
+    if (!this.#loop || this.#stopping.signal.aborted) return undefined;
+    if (this.options.tenantId !== undefined && this.options.tenantId !== tenantId) return undefined;
+    if (this.#active.size + this.#claimed >= this.options.concurrency) return undefined;
+    this.#claimed++;
+    return { owner: this.id, now: this.options.clock(), leaseMs: this.options.leaseMs };
+  }
+
+  /** Ends a {@link claim}: starts the attempt of the command the insert leased to this worker, if it did. */
+  adopt(leased: LeasedCommand | undefined): void {
+    this.#claimed = Math.max(0, this.#claimed - 1);
+    if (leased === undefined) return;
+    if (leased.leaseOwner !== this.id) return;
+    // Started even while stopping: the lease is ours; the attempt sees the stop signal and releases it.
+    this.#begin(leased);
+  }
+
   /** Starts the background loop: lease, process, poll every `pollIntervalMs` when idle. Idempotent. */
   start(): void {
     if (this.#loop || this.#stopping.signal.aborted) return;
@@ -232,7 +257,11 @@ export class WritebackWorker {
   async stop(): Promise<void> {
     this.#stopping.abort();
     await this.#loop;
-    await Promise.allSettled([...this.#active]);
+    // Submissions that claimed a slot before the stop may still hand their command over: wait for those too.
+    while (this.#active.size > 0 || this.#claimed > 0) {
+      if (this.#active.size > 0) await Promise.allSettled([...this.#active]);
+      else await new Promise((resolve) => setTimeout(resolve, 5));
+    }
   }
 
   /**
@@ -240,7 +269,7 @@ export class WritebackWorker {
    * Returns how many were leased.
    */
   async tick(): Promise<number> {
-    const free = this.options.concurrency - this.#active.size;
+    const free = this.options.concurrency - this.#active.size - this.#claimed;
     if (free <= 0 || this.#stopping.signal.aborted) return 0;
     const leased = await this.options.store.commands.lease({
       owner: this.id,
@@ -250,11 +279,13 @@ export class WritebackWorker {
       ...(this.options.tenantId === undefined ? {} : { tenantId: this.options.tenantId }),
       ...(this.options.unsafeBroken === 'no-key-lock' ? { unsafeIgnoreKeyLock: true } : {}),
     });
-    for (const command of leased) {
-      const running: Promise<void> = this.#process(command).finally(() => this.#active.delete(running));
-      this.#active.add(running);
-    }
+    for (const command of leased) this.#begin(command);
     return leased.length;
+  }
+
+  #begin(command: LeasedCommand): void {
+    const running: Promise<void> = this.#process(command).finally(() => this.#active.delete(running));
+    this.#active.add(running);
   }
 
   /** Resolves once every attempt in progress has ended (does not lease). */

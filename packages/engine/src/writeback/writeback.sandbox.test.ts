@@ -4,7 +4,7 @@
  * must not duplicate counts the creates carrying the business key.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { BUSINESS_KEY_SYSTEM, stampBusinessKey } from './command.js';
+import { BUSINESS_KEY_SYSTEM, stampBusinessKey, submitCommand } from './command.js';
 import { ExceptionQueue } from './exceptions.js';
 import { defaultVendorProfile } from './options.js';
 import type { CommandAttemptRecord } from '../store/index.js';
@@ -539,5 +539,84 @@ describe('poison protection: the per-patient failure budget', () => {
       ]),
     ).toMatchObject({ outcome: 'unknown', verification: 'unclear', patientFailure: true });
     expect(await h.store.commands.patientFailures(TENANT, 'Patient/flags-1', 0)).toBe(2);
+  }, 30_000);
+});
+
+describe('hand-off at submission (SQLite store)', () => {
+  it('hands a new command to a running worker at submission: delivered without a lease query or a poll wait', async () => {
+    h = await startHarness();
+    const harness = h;
+    const events: WritebackEvent[] = [];
+    const worker = harness.worker({ concurrency: 2, pollIntervalMs: 60_000, onEvent: (e) => events.push(e) });
+    // Not running: nothing is claimed, the command would be queued as usual.
+    expect(worker.claim(TENANT)).toBeUndefined();
+    worker.start();
+    // The first lease query found nothing: the worker now sleeps for a minute.
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const input = { tenantId: TENANT, context: 'system', action: 'create', resourceType: 'Observation', resource: observation(72), requestedBy: 'test' } as const;
+    const res = await submitCommand(harness.store, { ...input, businessKey: 'lab:handoff-1' }, { dispatch: worker });
+    expect(res).toMatchObject({ state: 'in_flight', created: true, generation: 1 });
+    const until = Date.now() + 10_000;
+    while ((await stateOf(harness, res.id)).state !== 'verified' && Date.now() < until) await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(await stateOf(harness, res.id)).toMatchObject({ state: 'verified', attempts: 1, leaseOwner: null });
+    expect(await harness.creates('lab:handoff-1')).toHaveLength(1);
+    expect(await harness.store.commands.attempts(res.id)).toEqual([expect.objectContaining({ n: 1, outcome: 'applied', worker: worker.id })]);
+    // The same timeline as a command taken by a lease query.
+    expect((await harness.store.commands.events(res.id)).map((e) => [e.fromState, e.toState])).toEqual([
+      [null, 'queued'],
+      ['in_flight', 'acknowledged'],
+      ['acknowledged', 'verified'],
+    ]);
+    expect(events.filter((e) => e.commandId === res.id).map((e) => e.name)).toEqual(['command:leased', 'command:releasing', 'command:settled']);
+
+    // Slots: a claim holds one until it is adopted; with none free, or for another tenant's worker, no claim.
+    const a = worker.claim(TENANT);
+    const b = worker.claim(TENANT);
+    expect(a).toMatchObject({ owner: worker.id, leaseMs: 10_000 });
+    expect(b).toBeDefined();
+    expect(worker.claim(TENANT)).toBeUndefined();
+    worker.adopt(undefined);
+    expect(worker.claim(TENANT)).toBeDefined();
+    worker.adopt(undefined);
+    worker.adopt(undefined);
+    const scoped = harness.worker({ tenantId: 'another-tenant' });
+    scoped.start();
+    expect(scoped.claim(TENANT)).toBeUndefined();
+    await scoped.stop();
+
+    // stop() waits for a submission that claimed a slot before it, and claims nothing after.
+    const pending = worker.claim(TENANT);
+    expect(pending).toBeDefined();
+    let stopped = false;
+    const stopping = worker.stop().then(() => (stopped = true));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(stopped).toBe(false);
+    expect(worker.claim(TENANT)).toBeUndefined();
+    worker.adopt(undefined);
+    await stopping;
+    expect(stopped).toBe(true);
+  }, 30_000);
+
+  it('queues the command as usual when the worker has no free slot or another command of the key is open', async () => {
+    h = await startHarness();
+    const harness = h;
+    const worker = harness.worker({ concurrency: 1, pollIntervalMs: 60_000 });
+    worker.start();
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const input = { tenantId: TENANT, context: 'system', action: 'create', resourceType: 'Observation', resource: observation(72), requestedBy: 'test' } as const;
+    // Two of one key at once: the first is handed over, the second waits in the queue (one attempt per key).
+    const [first, second] = await Promise.all([
+      submitCommand(harness.store, { ...input, businessKey: 'lab:handoff-2' }, { dispatch: worker }),
+      submitCommand(harness.store, { ...input, businessKey: 'lab:handoff-2' }, { dispatch: worker }),
+    ]);
+    expect([first.state, second.state]).toEqual(['in_flight', 'queued']);
+    // One slot, taken: a third command (another key) is queued too.
+    const third = await submitCommand(harness.store, { ...input, businessKey: 'lab:handoff-3' }, { dispatch: worker });
+    expect(third.state === 'queued' || (await stateOf(harness, first.id)).state === 'verified').toBe(true);
+    await worker.stop();
+    // The queued ones are delivered by the lease path.
+    await harness.worker().runUntilIdle();
+    for (const id of [first.id, second.id, third.id]) expect((await stateOf(harness, id)).state).toBe('verified');
+    expect(await harness.creates('lab:handoff-2')).toHaveLength(1);
   }, 30_000);
 });

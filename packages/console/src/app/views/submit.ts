@@ -87,5 +87,5 @@ export const submitView: View = async (root, ctx) => {
       );
   });
 
-  mount(root, pageHeader('Submit a command'), h('p', { class: 'hint' }, 'The API answers once the command is durable (queued); then a worker delivers it and reads it back.'), form);
+  mount(root, pageHeader('Submit a command'), h('p', { class: 'hint' }, 'The API answers once the command is durable (queued, or already in flight when a worker was free); then a worker delivers it and reads it back.'), form);
 };
