@@ -126,7 +126,7 @@ const leaseSchema = z
   .strict();
 
 const submitLeaseSchema = z
-  .object({ owner: id, now: epochMs, leaseMs: z.number().int().min(1).max(24 * 3_600_000) })
+  .object({ owner: id, now: epochMs, leaseMs: z.number().int().min(1).max(24 * 3_600_000), unsafeIgnoreKeyLock: z.boolean().optional() })
   .strict();
 
 function parse<S extends z.ZodType>(schema: S, value: unknown, what: string): z.output<S> {

@@ -193,7 +193,7 @@ RETURNING key`;
  *
  * $1 id, $2 tenant, $3 context, $4 action, $5 resource type, $6 business key, $7 idempotency key, $8 payload hash,
  * $9 resource, $10 priority, $11 now, $12 ehr version, $13 source timestamp, $14 requested by, $15 deadline,
- * $16 actor, $17 patient ref, $18 submit lease owner or NULL, $19 submit lease end. With a submit lease, the command
+ * $16 actor, $17 patient ref, $18 submit lease owner or NULL, $19 submit lease end, $20 unsafe (no key rule). With a submit lease, the command
  * is inserted `in_flight` under it when no other command of its key is in a non-terminal state ({@link SubmitLease}):
  * without the key's advisory lock this is still safe, because a sibling a worker could lease is either visible to
  * this statement (then no lease is taken) or was submitted after this one committed (its leaser sees this lease).
@@ -203,7 +203,7 @@ WITH existing AS (
   SELECT * FROM commands WHERE $7::text IS NOT NULL AND tenant_id = $2 AND idempotency_key = $7
 ), lease AS (
   SELECT $18::text AS owner, $19::bigint AS until
-  WHERE $18::text IS NOT NULL AND NOT ${openSiblingSql('$2', '$6')}
+  WHERE $18::text IS NOT NULL AND ($20::boolean OR NOT ${openSiblingSql('$2', '$6')})
 ), ins AS (
   INSERT INTO commands AS c (
     id, tenant_id, context, action, resource_type, business_key, idempotency_key, payload_hash, resource, priority,
@@ -802,6 +802,7 @@ export class PostgresStore implements Store {
       c.patientRef,
       lease?.owner ?? null,
       lease === undefined ? null : lease.now + lease.leaseMs,
+      lease?.unsafeIgnoreKeyLock === true,
     ];
     type Inserted = CommandRow & { inserted: boolean; newer_sibling_verified: boolean };
     const answer = (row: Inserted | undefined): InsertResult => {

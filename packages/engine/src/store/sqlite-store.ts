@@ -640,7 +640,9 @@ export class SqliteStore implements Store {
               if (existing) return idempotentReplay(commandFromRow(existing), c.payloadHash);
             }
             const now = this.#clock();
-            const leased = lease !== undefined && (this.#statement(OPEN_SIBLING).get({ tenantId: c.tenantId, businessKey: c.businessKey }) as { open: number }).open === 0;
+            const leased =
+              lease !== undefined &&
+              (lease.unsafeIgnoreKeyLock === true || (this.#statement(OPEN_SIBLING).get({ tenantId: c.tenantId, businessKey: c.businessKey }) as { open: number }).open === 0);
             const state = leased ? { state: 'in_flight', attempts: 1, leaseOwner: lease.owner, leaseExpiresAt: lease.now + lease.leaseMs } : QUEUED;
             this.#statement(INSERT_COMMAND).run({ ...c, resource: JSON.stringify(c.resource), now, ...state });
             // The `submitted` event says `queued` either way: a lease is not an event (as in `lease`).

@@ -658,6 +658,9 @@ describe.each([sqliteBackend(), postgresBackend()])('store conformance ($kind)',
       const second = await store.commands.insert(newCommand(tenant.id, { businessKey: 'hand' }), 'api:t', lease);
       expect(second.leased).toBeUndefined();
       expect(second.command).toMatchObject({ state: 'queued', leaseOwner: null, attempts: 0, generation: 2 });
+      // Only the deliberately broken engine (sensitivity testing) takes it all the same.
+      const broken = await store.commands.insert(newCommand(tenant.id, { businessKey: 'hand' }), 'api:t', { ...lease, unsafeIgnoreKeyLock: true });
+      expect(broken.leased).toMatchObject({ state: 'in_flight', generation: 3 });
       // Open means any non-terminal state: a rejected or needs_review sibling can still be retried by an operator.
       await store.commands.transition(first.command.id, first.command.version, { state: 'rejected', leaseOwner: null, leaseExpiresAt: null });
       const whileRejected = await store.commands.insert(newCommand(tenant.id, { businessKey: 'hand2' }), 'api:t');

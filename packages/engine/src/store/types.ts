@@ -441,6 +441,8 @@ export interface SubmitLease {
   /** The worker's clock now (ms); the lease runs until `now + leaseMs`. */
   readonly now: number;
   readonly leaseMs: number;
+  /** Sensitivity testing only (`--broken no-key-lock`): take the lease even when a sibling is open. */
+  readonly unsafeIgnoreKeyLock?: boolean;
 }
 
 /**

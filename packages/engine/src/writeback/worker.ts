@@ -235,7 +235,13 @@ export class WritebackWorker implements SubmitDispatch {
     if (this.options.tenantId !== undefined && this.options.tenantId !== tenantId) return undefined;
     if (this.#active.size + this.#claimed >= this.options.concurrency) return undefined;
     this.#claimed++;
-    return { owner: this.id, now: this.options.clock(), leaseMs: this.options.leaseMs };
+    return {
+      owner: this.id,
+      now: this.options.clock(),
+      leaseMs: this.options.leaseMs,
+      // The deliberately broken engine (sensitivity testing) ignores the key rule here as in its lease queries.
+      ...(this.options.unsafeBroken === 'no-key-lock' ? { unsafeIgnoreKeyLock: true } : {}),
+    };
   }
 
   /** Ends a {@link claim}: starts the attempt of the command the insert leased to this worker, if it did. */
