@@ -6,7 +6,7 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
 const [name, ...rest] = process.argv.slice(2);
-const available = ['sandbox', 'client', 'writeback'];
+const available = ['sandbox', 'client', 'writeback', 'writeback-latency'];
 if (!name || !available.includes(name)) {
   process.stderr.write(`usage: npm run bench -- <${available.join('|')}> [--json FILE] [--record]\n`);
   process.exit(2);
