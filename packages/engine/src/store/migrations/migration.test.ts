@@ -39,6 +39,12 @@ const RELEASED: readonly { version: number; name: string; sqlite: string; postgr
     sqlite: '3a7b2e70d6ca53f3890d6e1884ef5aa2a49b5dad6535e242d0b76f015c7386ff',
     postgres: '49792dc09a9566708cf4e5f2c0baa0f0ec466da581c10a2800e145a05d9c7065',
   },
+  {
+    version: 6,
+    name: 'drop_commands_due',
+    sqlite: '4eaf4f1836d3e4f3c2439cb2bc5a56976381bbaf07de9afc59e9f1061edb68c3',
+    postgres: '4eaf4f1836d3e4f3c2439cb2bc5a56976381bbaf07de9afc59e9f1061edb68c3',
+  },
 ];
 
 describe('released migrations', () => {

@@ -213,4 +213,14 @@ CREATE INDEX command_events_operator_retry ON command_events (at) WHERE kind = '
 CREATE INDEX commands_due_priority ON commands (priority, next_attempt_at) WHERE state IN ('queued', 'retry_wait');
 `,
   },
+  {
+    version: 6,
+    name: 'drop_commands_due',
+    sql: `
+-- The lease reads due waiting work through commands_due_priority only (its batch and its interactive end; docs/store.md),
+-- so commands_due (next_attempt_at) is no longer read by any query; dropping it saves its upkeep on every submission,
+-- lease and retry.
+DROP INDEX commands_due;
+`,
+  },
 ]);
