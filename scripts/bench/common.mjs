@@ -1,8 +1,11 @@
 // Shared pieces of the benchmarks: argument parsing, a bounded closed-loop load generator, percentiles, the
-// machine description, and recording results in docs/benchmarks.md.
-import { appendFileSync, readFileSync, writeFileSync } from 'node:fs';
+// machine description, recording results in docs/benchmarks.md, and a sandbox EHR to measure against.
+import { fork } from 'node:child_process';
+import { appendFileSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { exportJWK, generateKeyPair } from 'jose';
 
 export function parseArgs(argv, defaults) {
   const out = { ...defaults };
@@ -87,4 +90,27 @@ export function recordMarkdown(name, markdown) {
   else text = `${text.trimEnd()}\n\n${block}\n`;
   writeFileSync(file, text);
   void appendFileSync;
+}
+
+/**
+ * The chaos harness's sandbox in its own process (auth on, faults off, no log) with one backend-services client
+ * `clientId` (ES384 key pair made here), in a new temporary directory. Answers what a benchmark needs to register a
+ * tenant on it, and `stop()` (waits for the process to exit).
+ */
+export async function startBenchSandbox(clientId, scope) {
+  const dir = mkdtempSync(join(os.tmpdir(), `tether-bench-${clientId}-`));
+  const { publicKey, privateKey } = await generateKeyPair('ES384', { extractable: true });
+  const jwk = { ...(await exportJWK(publicKey)), kid: clientId, alg: 'ES384' };
+  const privateJwk = { ...(await exportJWK(privateKey)), kid: clientId, alg: 'ES384' };
+  writeFileSync(join(dir, 'faults.json'), '{"faults":[]}');
+  const script = fileURLToPath(new URL('../chaos/sandbox.mjs', import.meta.url));
+  const config = { seed: 1, faultsFile: join(dir, 'faults.json'), tokenTtlSeconds: 3600, logFile: null, clients: [{ client_id: clientId, scope, jwks: { keys: [jwk] } }] };
+  const sandbox = fork(script, [JSON.stringify(config)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const { fhirBaseUrl } = await new Promise((resolve) => sandbox.once('message', resolve));
+  const stop = () =>
+    new Promise((resolve) => {
+      sandbox.once('exit', resolve);
+      sandbox.kill('SIGTERM');
+    });
+  return { dir, fhirBaseUrl, privateJwk, stop };
 }

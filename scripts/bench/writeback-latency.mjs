@@ -2,16 +2,11 @@
 // with the service's default poll interval. Two engines side by side in the same run: `handoff` (the worker takes
 // the command at submission, as `tether start` does) and `queued` (the command waits for the worker's next lease
 // query). docs/writeback.md "Hand-off at submission".
-import { fork } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { exportJWK, generateKeyPair } from 'jose';
 import { createEhrClient, createStore, generateMasterKey, Keyring, parseMasterKey, submitCommand, TenantService, TokenBroker, WritebackWorker } from '@tether/engine';
-import { machine, parseArgs, recordMarkdown, round, writeJson } from './common.mjs';
+import { machine, parseArgs, recordMarkdown, round, startBenchSandbox, writeJson } from './common.mjs';
 
-const SANDBOX = fileURLToPath(new URL('../chaos/sandbox.mjs', import.meta.url));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const pct = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? 0;
 
@@ -29,14 +24,8 @@ export async function run(argv) {
   // poll: the service's default `worker.pollIntervalMs`; pause: the idle time between two submissions (ms, a
   // seeded spread between pause and 2 × pause, so that submissions land anywhere in the poll cycle).
   const o = parseArgs(argv, { commands: 60, poll: 200, pause: 150, warmup: 20, json: undefined, record: false });
-  const dir = mkdtempSync(join(tmpdir(), 'tether-bench-wbl-'));
-  const { publicKey, privateKey } = await generateKeyPair('ES384', { extractable: true });
   const scope = 'system/Observation.cruds';
-  const jwk = { ...(await exportJWK(publicKey)), kid: 'wbl', alg: 'ES384' };
-  const privateJwk = { ...(await exportJWK(privateKey)), kid: 'wbl', alg: 'ES384' };
-  writeFileSync(join(dir, 'faults.json'), '{"faults":[]}');
-  const sandbox = fork(SANDBOX, [JSON.stringify({ seed: 1, faultsFile: join(dir, 'faults.json'), tokenTtlSeconds: 3600, logFile: null, clients: [{ client_id: 'wbl', scope, jwks: { keys: [jwk] } }] })], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-  const { fhirBaseUrl } = await new Promise((resolve) => sandbox.once('message', resolve));
+  const { dir, fhirBaseUrl, privateJwk, stop: stopSandbox } = await startBenchSandbox('wbl', scope);
   const keyring = new Keyring(parseMasterKey(generateMasterKey()));
   const engines = {};
   try {
@@ -82,10 +71,7 @@ export async function run(argv) {
       await e.client.close();
       await e.store.close();
     }
-    await new Promise((resolve) => {
-      sandbox.once('exit', resolve);
-      sandbox.kill('SIGTERM');
-    });
+    await stopSandbox();
     rmSync(dir, { recursive: true, force: true });
   }
   const results = Object.entries(engines).map(([subject, e]) => {

@@ -2,13 +2,11 @@
 // `verified`, on SQLite (one process) and PostgreSQL (two engine processes), plus submit→durable latency.
 import { fork } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { Pool } from 'undici';
-import { exportJWK, generateKeyPair } from 'jose';
 import {
   createEhrClient,
   createStore,
@@ -20,10 +18,9 @@ import {
   TokenBroker,
   WritebackWorker,
 } from '@tether/engine';
-import { closedLoop, machine, parseArgs, recordMarkdown, round, writeJson } from './common.mjs';
+import { closedLoop, machine, parseArgs, recordMarkdown, round, startBenchSandbox, writeJson } from './common.mjs';
 
 const ENGINE = fileURLToPath(new URL('../chaos/engine.mjs', import.meta.url));
-const SANDBOX = fileURLToPath(new URL('../chaos/sandbox.mjs', import.meta.url));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 function observation(i) {
@@ -70,21 +67,15 @@ const nextMessage = (child, type) =>
 export async function run(argv) {
   const o = parseArgs(argv, { commands: 2000, concurrency: 16, submitters: 16, slots: 16, pool: 8, warmup: 500, rounds: 3, json: undefined, record: false, keep: false, subjects: 'direct,sqlite,sqlite-serial,postgres-2' });
   const subjects = new Set(String(o.subjects).split(','));
-  const dir = mkdtempSync(join(tmpdir(), 'tether-bench-wb-'));
-  const { publicKey, privateKey } = await generateKeyPair('ES384', { extractable: true });
   const scope = 'system/Observation.cruds';
-  const jwk = { ...(await exportJWK(publicKey)), kid: 'wb', alg: 'ES384' };
-  const privateJwk = { ...(await exportJWK(privateKey)), kid: 'wb', alg: 'ES384' };
-  writeFileSync(join(dir, 'faults.json'), '{"faults":[]}');
-  const sandbox = fork(SANDBOX, [JSON.stringify({ seed: 1, faultsFile: join(dir, 'faults.json'), tokenTtlSeconds: 3600, logFile: null, clients: [{ client_id: 'wb', scope, jwks: { keys: [jwk] } }] })], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-  const { fhirBaseUrl } = await new Promise((resolve) => sandbox.once('message', resolve));
+  const { dir, fhirBaseUrl, privateJwk, stop: stopSandbox } = await startBenchSandbox('wb', scope);
   const masterKey = generateMasterKey();
   const keyring = new Keyring(parseMasterKey(masterKey));
   let results = [];
   // Run in reverse order: stop the sandbox (and wait for it), then remove the directory.
   const cleanups = [
     () => (o.keep ? console.error(`evidence kept in ${dir}`) : rmSync(dir, { recursive: true, force: true })),
-    () => new Promise((resolve) => { sandbox.once('exit', resolve); sandbox.kill('SIGTERM'); }),
+    stopSandbox,
   ];
   try {
    // Rounds, interleaved (direct, sqlite, sqlite-serial, postgres-2, then again): the machine is shared and its speed
