@@ -114,3 +114,15 @@ export async function startBenchSandbox(clientId, scope) {
     });
   return { dir, fhirBaseUrl, privateJwk, stop };
 }
+
+/** The heart-rate Observation the write-back benchmarks submit, number `i`, for one of 200 patients. */
+export function benchObservation(i) {
+  return {
+    resourceType: 'Observation',
+    status: 'final',
+    code: { coding: [{ system: 'http://loinc.org', code: '8867-4' }] },
+    subject: { reference: `Patient/p-${i % 200}` },
+    effectiveDateTime: '2026-11-01T10:00:00Z',
+    valueQuantity: { value: i % 150, unit: '/min', system: 'http://unitsofmeasure.org', code: '/min' },
+  };
+}

@@ -5,20 +5,12 @@
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { createEhrClient, createStore, generateMasterKey, Keyring, parseMasterKey, submitCommand, TenantService, TokenBroker, WritebackWorker } from '@tether/engine';
-import { machine, parseArgs, recordMarkdown, round, startBenchSandbox, writeJson } from './common.mjs';
+import { machine, parseArgs, recordMarkdown, round, startBenchSandbox, writeJson, benchObservation } from './common.mjs';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const pct = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? 0;
 
-function observation(i) {
-  return {
-    resourceType: 'Observation',
-    status: 'final',
-    code: { coding: [{ system: 'http://loinc.org', code: '8867-4' }] },
-    subject: { reference: `Patient/p-${i % 50}` },
-    valueQuantity: { value: i % 150, unit: '/min', system: 'http://unitsofmeasure.org', code: '/min' },
-  };
-}
+const observation = benchObservation;
 
 export async function run(argv) {
   // poll: the service's default `worker.pollIntervalMs`; pause: the idle time between two submissions (ms, a

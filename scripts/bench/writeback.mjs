@@ -18,21 +18,12 @@ import {
   TokenBroker,
   WritebackWorker,
 } from '@tether/engine';
-import { closedLoop, machine, parseArgs, recordMarkdown, round, startBenchSandbox, writeJson } from './common.mjs';
+import { closedLoop, machine, parseArgs, recordMarkdown, round, startBenchSandbox, writeJson, benchObservation } from './common.mjs';
 
 const ENGINE = fileURLToPath(new URL('../chaos/engine.mjs', import.meta.url));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-function observation(i) {
-  return {
-    resourceType: 'Observation',
-    status: 'final',
-    code: { coding: [{ system: 'http://loinc.org', code: '8867-4' }] },
-    subject: { reference: `Patient/p-${i % 200}` },
-    effectiveDateTime: '2026-11-01T10:00:00Z',
-    valueQuantity: { value: i % 150, unit: '/min', system: 'http://unitsofmeasure.org', code: '/min' },
-  };
-}
+const observation = benchObservation;
 
 const pct = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? 0;
 
