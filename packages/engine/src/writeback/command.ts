@@ -194,7 +194,8 @@ function invalid(issue: z.core.$ZodIssue | undefined): TetherError {
 }
 
 /**
- * Validates a command and stores it durably in state `queued`.
+ * Validates a command and stores it durably in state `queued` (or `in_flight`, leased to `options.dispatch` when
+ * that worker has a free slot and no other command of the business key is open).
  *
  * Checks: the schema; `resource.resourceType` equals `resourceType`; the tenant exists (`TENANT_NOT_FOUND`) and is
  * active (`AUTH_TENANT_PAUSED`); the tenant's configured scopes cover every interaction the protocol will make
@@ -202,7 +203,7 @@ function invalid(issue: z.core.$ZodIssue | undefined): TetherError {
  * (`stableHash` of the validated input without the idempotency key) and inserts, atomically with the idempotency
  * check: same key and payload → the original (`created: false`); same key, other payload → `IDEMPOTENCY_KEY_REUSED`.
  *
- * Resolves only after the insert committed: a `queued` answer is a durable promise.
+ * Resolves only after the insert committed: a `queued` or `in_flight` answer is a durable promise.
  */
 export async function submitCommand(store: Store, input: CommandInput, options: SubmitOptions = {}): Promise<SubmitResult> {
   const parsed = commandInputSchema.safeParse(input);

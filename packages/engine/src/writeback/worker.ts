@@ -249,7 +249,7 @@ export class WritebackWorker implements SubmitDispatch {
     this.#claimed = Math.max(0, this.#claimed - 1);
     if (leased === undefined) return;
     if (leased.leaseOwner !== this.id) return;
-    // Started even while stopping: the lease is ours; the attempt sees the stop signal and releases it.
+    // Started even while stopping, like an attempt already in progress: the lease is ours, stop() waits for it.
     this.#begin(leased);
   }
 
