@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Chaos harness: proves the write-back promise end to end.
 //   npm run chaos -- --commands N --seed S --engines K --store sqlite|postgres [--submit library|api]
-//                    [--broken VARIANT] [--json FILE] [--keep]
+//                    [--broken VARIANT] [--hot-keys H] [--json FILE] [--keep]
 // Starts the sandbox with the chaos fault mix, K engine processes on one store, submits N commands (creates and
 // updates of Observation, Condition and DocumentReference for ~200 patients, with planted PHI canaries) from an
 // intent ledger written BEFORE submission, SIGKILLs engine processes 3 times at seeded random moments (each
@@ -54,11 +54,11 @@ const SENSITIVITY = {
 const API_SUBMIT_SPREAD_MS = 26_000;
 
 function args(argv) {
-  const o = { commands: 1000, seed: 1, engines: 1, store: 'sqlite', patients: 200, timeout: 300, json: undefined, keep: false, kills: 3, broken: undefined, submit: undefined };
+  const o = { commands: 1000, seed: 1, engines: 1, store: 'sqlite', patients: 200, timeout: 300, json: undefined, keep: false, kills: 3, broken: undefined, submit: undefined, hotKeys: 0 };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (!a.startsWith('--')) continue;
-    const key = a.slice(2);
+    const key = a.slice(2).replace(/-([a-z])/g, (_, c) => c.toUpperCase());
     const next = argv[i + 1];
     if (next === undefined || next.startsWith('--')) o[key] = true;
     else {
@@ -67,6 +67,7 @@ function args(argv) {
     }
   }
   if (o.store !== 'sqlite' && o.store !== 'postgres') throw new Error('--store must be sqlite or postgres');
+  if (!Number.isInteger(o.hotKeys) || o.hotKeys < 0) throw new Error('--hot-keys must be a whole number (0: updates pick any earlier key)');
   if (o.store === 'sqlite' && o.engines !== 1) throw new Error('the SQLite store is single-process: use --engines 1');
   if (o.broken !== undefined && !(o.broken in SENSITIVITY)) throw new Error(`--broken must be one of ${Object.keys(SENSITIVITY).join(', ')}`);
   const required = o.broken ? SENSITIVITY[o.broken].submit : undefined;
@@ -208,9 +209,12 @@ async function main() {
     const ledgerFile = join(dir, 'ledger.ndjson');
     const checkerLedger = [];
     const seqByKey = new Map();
+    // `--hot-keys H`: an update targets one of the H newest keys, so that it is due together with its key's create
+    // (the contention the per-key lease exists for); 0 (default): any earlier key.
     for (let i = 0; i < o.commands; i++) {
       const update = keys.length > 0 && random() < 0.3;
-      const key = update ? keys[Math.floor(random() * keys.length)] : { key: `chaos-${o.seed}-${i}`, type: types[Math.floor(random() * 3)], patient: Math.floor(random() * o.patients) };
+      const pool = o.hotKeys > 0 ? keys.slice(-o.hotKeys) : keys;
+      const key = update ? pool[Math.floor(random() * pool.length)] : { key: `chaos-${o.seed}-${i}`, type: types[Math.floor(random() * 3)], patient: Math.floor(random() * o.patients) };
       if (!update) keys.push(key);
       const seq = (seqByKey.get(key.key) ?? 0) + 1;
       seqByKey.set(key.key, seq);
@@ -362,7 +366,7 @@ async function main() {
       businessKeySystem: BUSINESS_KEY_SYSTEM,
     });
     const sensitivity = o.broken ? { variant: o.broken, expected: `${SENSITIVITY[o.broken].expect} > 0`, detected: SENSITIVITY[o.broken].detected(report) } : undefined;
-    const out = { ...report, store: o.store, engines: o.engines, submit: o.submit, ...(o.submit === 'api' ? { submissions: submitStats } : {}), kills, settled, unsettled, states: stateCounts, seconds: Math.round((Date.now() - started) / 1000), ...(sensitivity ? { sensitivity } : {}) };
+    const out = { ...report, store: o.store, engines: o.engines, submit: o.submit, hotKeys: o.hotKeys, ...(o.submit === 'api' ? { submissions: submitStats } : {}), kills, settled, unsettled, states: stateCounts, seconds: Math.round((Date.now() - started) / 1000), ...(sensitivity ? { sensitivity } : {}) };
     process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
     if (o.json && o.json !== true) writeFileSync(o.json, `${JSON.stringify(out, null, 2)}\n`);
     if (sensitivity) process.exitCode = sensitivity.detected ? 0 : 1;
