@@ -258,8 +258,11 @@ describe('the console in a browser', { timeout: 60_000 }, () => {
     await page.getByLabel('State').selectOption('verified');
     await page.getByRole('button', { name: 'Search' }).click();
     await page.waitForURL(/#\/commands\?tenant=demo&state=verified$/, { timeout: UI_MS });
-    await page.locator(`tr[data-command="${exceptionId}"]`).waitFor({ timeout: UI_MS });
-    const states = await page.locator('[data-table="commands"] tbody [data-state]').allTextContents();
+    // Wait for the filtered list itself: right after the URL changes, the unfiltered list may still be on screen
+    // (it holds this row too), and the filtered screen then mounts empty until its first fetch answers.
+    const list = page.locator('[data-showing="tenant=demo&state=verified"]');
+    await list.locator(`tr[data-command="${exceptionId}"]`).waitFor({ timeout: UI_MS });
+    const states = await list.locator('[data-table="commands"] tbody [data-state]').allTextContents();
     expect(states.length).toBeGreaterThanOrEqual(2);
     expect(new Set(states)).toEqual(new Set(['verified']));
     await page.getByLabel('Command id').fill(verifiedId);

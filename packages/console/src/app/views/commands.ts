@@ -50,6 +50,8 @@ export const commandsView: View = async (root, ctx) => {
 
   const status = freshness();
   const error = h('div');
+  // `data-showing`: the filter the list shows, set once its answer is on screen (tests wait for it; a screen
+  // reached by changing the filter starts empty until its first fetch answers).
   const list = h('div', { class: 'table-wrap' });
   mount(root,
     pageHeader('Commands', status.el, can.submit(ctx.me.role) ? link('#/commands/new', 'Submit a command') : null),
@@ -60,6 +62,7 @@ export const commandsView: View = async (root, ctx) => {
     const { commands } = await ctx.api.commands({ ...(tenant ? { tenant } : {}), ...(state ? { state } : {}), limit }, ctx.signal);
     mount(error);
     mount(list, commandTable(commands, '#/commands/', `Commands${tenant ? ` of ${tenant}` : ''}`, limit));
+    list.setAttribute('data-showing', new URLSearchParams({ tenant, state }).toString());
     status.set(true);
   }, (err) => {
     status.set(false);
