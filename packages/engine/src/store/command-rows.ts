@@ -22,6 +22,7 @@ import type {
   NewCommand,
   CommandVerification,
   SubmitLease,
+  TenantChanged,
 } from './types.js';
 
 /** Every state, in the order of DESIGN §5 (defined in core). The CHECK constraints of migration 2 list the same words. */
@@ -32,6 +33,9 @@ export { COMMAND_STATE_VALUES };
 export const WORKING_STATES = ['in_flight', 'unknown', 'acknowledged', 'conflict'] as const satisfies readonly CommandState[];
 /** States waiting for their `nextAttemptAt`. */
 export const WAITING_STATES = ['queued', 'retry_wait'] as const satisfies readonly CommandState[];
+
+/** The answer of an insert whose tenant check failed (both stores). */
+export const TENANT_CHANGED: TenantChanged = Object.freeze({ tenantChanged: true });
 
 /** Default and largest page of {@link CommandFilter.limit}. */
 export const DEFAULT_COMMAND_LIST_LIMIT = 100;

@@ -22,6 +22,7 @@ import {
   validateSubmitLease,
   validateNewCommand,
   validatePatientFailures,
+  TENANT_CHANGED,
   WAITING_STATES,
   WORKING_STATES,
   type AttemptRow,
@@ -81,6 +82,8 @@ import type {
   LeasedCommand,
   LeaseRequest,
   SubmitLease,
+  TenantChanged,
+  TenantCheck,
   NewCommand,
   NewCommandEvent,
   NewTenant,
@@ -193,14 +196,18 @@ RETURNING key`;
  *
  * $1 id, $2 tenant, $3 context, $4 action, $5 resource type, $6 business key, $7 idempotency key, $8 payload hash,
  * $9 resource, $10 priority, $11 now, $12 ehr version, $13 source timestamp, $14 requested by, $15 deadline,
- * $16 actor, $17 patient ref, $18 submit lease owner or NULL, $19 submit lease end, $20 unsafe (no key rule). With a submit lease, the command
+ * $16 actor, $17 patient ref, $18 submit lease owner or NULL, $19 submit lease end, $20 unsafe (no key rule), $21 the
+ * tenant version the submission was validated against, or NULL (with a version, nothing is written and no row comes
+ * back unless the tenant is `active` at that version: {@link TenantCheck}). With a submit lease, the command
  * is inserted `in_flight` under it when no other command of its key is in a non-terminal state ({@link SubmitLease}):
  * without the key's advisory lock this is still safe, because a sibling a worker could lease is either visible to
  * this statement (then no lease is taken) or was submitted after this one committed (its leaser sees this lease).
  */
 const INSERT_COMMAND: NamedSql = named('tether:insert-command', `
-WITH existing AS (
-  SELECT * FROM commands WHERE $7::text IS NOT NULL AND tenant_id = $2 AND idempotency_key = $7
+WITH guard AS (
+  SELECT $21::integer IS NULL OR EXISTS (SELECT 1 FROM tenants WHERE id = $2 AND version = $21 AND state = 'active') AS ok
+), existing AS (
+  SELECT * FROM commands WHERE $7::text IS NOT NULL AND tenant_id = $2 AND idempotency_key = $7 AND (SELECT ok FROM guard)
 ), lease AS (
   SELECT $18::text AS owner, $19::bigint AS until
   WHERE $18::text IS NOT NULL AND ($20::boolean OR NOT ${openSiblingSql('$2', '$6')})
@@ -220,7 +227,7 @@ WITH existing AS (
     $14::text, $15::bigint, $11::bigint, $11::bigint, 1,
     $17::text
   FROM (SELECT 1) AS one LEFT JOIN lease ON true
-  WHERE NOT EXISTS (SELECT 1 FROM existing)
+  WHERE NOT EXISTS (SELECT 1 FROM existing) AND (SELECT ok FROM guard)
   RETURNING c.*, ${newerSiblingVerifiedSql('c', 'postgres')} AS newer_sibling_verified
 ), ev AS (
   INSERT INTO command_events (command_id, at, kind, actor, from_state, to_state, reason)
@@ -444,7 +451,8 @@ export class PostgresStore implements Store {
       take: async (key, capacity, refillPerSecond, now, cost = 1) => this.#take(key, capacity, refillPerSecond, now, cost),
     };
     this.commands = {
-      insert: async (command, actor, lease) => this.#insertCommand(command, actor, lease),
+      // One implementation for both overloads (with a TenantCheck it may answer TenantChanged).
+      insert: (async (command: NewCommand, actor: string, lease?: SubmitLease, check?: TenantCheck) => this.#insertCommand(command, actor, lease, check)) as CommandRepo['insert'],
       get: async (id) => this.#getCommand(id),
       list: async (filter) => this.#listCommands(filter ?? {}),
       lease: async (request) => this.#lease(request),
@@ -778,10 +786,11 @@ export class PostgresStore implements Store {
     }
   }
 
-  async #insertCommand(input: NewCommand, actor: string, submitLease: SubmitLease | undefined): Promise<InsertResult> {
+  async #insertCommand(input: NewCommand, actor: string, submitLease: SubmitLease | undefined, check: TenantCheck | undefined): Promise<InsertResult | TenantChanged> {
     const c = validateNewCommand(input);
     validateActor(actor);
     const lease = validateSubmitLease(submitLease);
+    if (check !== undefined) validateVersion(check.version, 'tenant.version');
     const params = (): unknown[] => [
       c.id,
       c.tenantId,
@@ -803,9 +812,12 @@ export class PostgresStore implements Store {
       lease?.owner ?? null,
       lease === undefined ? null : lease.now + lease.leaseMs,
       lease?.unsafeIgnoreKeyLock === true,
+      check?.version ?? null,
     ];
     type Inserted = CommandRow & { inserted: boolean; newer_sibling_verified: boolean };
-    const answer = (row: Inserted | undefined): InsertResult => {
+    const answer = (row: Inserted | undefined): InsertResult | TenantChanged => {
+      // No row at all: only when the tenant check failed (otherwise the statement inserts or finds the original).
+      if (!row && check !== undefined) return TENANT_CHANGED;
       if (!row) throw new TetherError('INTERNAL', 'Command insert returned no row.');
       if (!row.inserted) return idempotentReplay(commandFromRow(row), c.payloadHash);
       if (lease === undefined || row.lease_owner !== lease.owner) return { command: commandFromRow(row), created: true };
@@ -847,6 +859,10 @@ export class PostgresStore implements Store {
       // and our insert. Read the winner and answer as if we had seen it.
       if (err instanceof TetherError && err.code === 'IDEMPOTENCY_KEY_IN_PROGRESS' && c.idempotencyKey !== null) {
         const [row] = await this.#query<CommandRow>('insert command', 'SELECT * FROM commands WHERE tenant_id = $1 AND idempotency_key = $2', [c.tenantId, c.idempotencyKey]);
+        if (row && check !== undefined) {
+          const [tenant] = await this.#query('insert command', "SELECT 1 FROM tenants WHERE id = $1 AND version = $2 AND state = 'active'", [c.tenantId, check.version]);
+          if (!tenant) return TENANT_CHANGED;
+        }
         if (row) return idempotentReplay(commandFromRow(row), c.payloadHash);
       }
       throw err;

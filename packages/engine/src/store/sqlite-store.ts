@@ -20,6 +20,7 @@ import {
   validateNewCommand,
   validatePatientFailures,
   validateSubmitLease,
+  TENANT_CHANGED,
   WAITING_STATES,
   WORKING_STATES,
   type AttemptRow,
@@ -75,6 +76,8 @@ import type {
   NewTenant,
   RateLimitDecision,
   SubmitLease,
+  TenantChanged,
+  TenantCheck,
   RateLimitRepo,
   Store,
   TenantPatch,
@@ -132,6 +135,9 @@ INSERT INTO commands (
   @requestedBy, @deadlineAt, @now, @now, 1,
   @patientRef
 )`;
+
+/** The tenant's version and state, for an insert with a {@link TenantCheck}. */
+const TENANT_VERSION = 'SELECT version, state FROM tenants WHERE id = ?';
 
 /** The columns of a command inserted without a lease. */
 const QUEUED = { state: 'queued', attempts: 0, leaseOwner: null, leaseExpiresAt: null } as const;
@@ -327,7 +333,8 @@ export class SqliteStore implements Store {
       take: async (key, capacity, refillPerSecond, now, cost = 1) => this.#take(key, capacity, refillPerSecond, now, cost),
     };
     this.commands = {
-      insert: async (command, actor, lease) => this.#insertCommand(command, actor, lease),
+      // One implementation for both overloads (with a TenantCheck it may answer TenantChanged).
+      insert: (async (command: NewCommand, actor: string, lease?: SubmitLease, check?: TenantCheck) => this.#insertCommand(command, actor, lease, check)) as CommandRepo['insert'],
       get: async (id) => this.#getCommand(id),
       list: async (filter) => this.#listCommands(filter ?? {}),
       lease: async (request) => this.#lease(request),
@@ -623,16 +630,22 @@ export class SqliteStore implements Store {
 
   // ---------------------------------------------------------------------------------------------- commands
 
-  #insertCommand(input: NewCommand, actor: string, submitLease: SubmitLease | undefined): Promise<InsertResult> {
+  #insertCommand(input: NewCommand, actor: string, submitLease: SubmitLease | undefined, check: TenantCheck | undefined): Promise<InsertResult | TenantChanged> {
     const c = validateNewCommand(input);
     validateActor(actor);
     const lease = validateSubmitLease(submitLease);
+    if (check !== undefined) validateVersion(check.version, 'tenant.version');
     return this.#write(
       'insert command',
       (db) =>
-        // IMMEDIATE: the idempotency check, the generation and the insert happen under SQLite's write lock.
+        // IMMEDIATE: the tenant check, the idempotency check, the generation and the insert happen under SQLite's
+        // write lock.
         db
-          .transaction((): InsertResult => {
+          .transaction((): InsertResult | TenantChanged => {
+            if (check !== undefined) {
+              const tenant = this.#statement(TENANT_VERSION).get(c.tenantId) as { version: number; state: string } | undefined;
+              if (tenant?.version !== check.version || tenant.state !== 'active') return TENANT_CHANGED;
+            }
             if (c.idempotencyKey !== null) {
               const existing = this.#statement('SELECT * FROM commands WHERE tenant_id = ? AND idempotency_key = ?').get(c.tenantId, c.idempotencyKey) as
                 | CommandRow

@@ -682,6 +682,36 @@ describe.each([sqliteBackend(), postgresBackend()])('store conformance ($kind)',
       await expectCode(store.commands.insert(newCommand(other.id), 'api:t', { owner: '', now, leaseMs: 1_000 }), 'COMMAND_INVALID');
     });
 
+    it('inserts with a tenant check only while the tenant is active at that version, and writes nothing otherwise', async () => {
+      const tenant = await store.tenants.create(newTenant());
+      const at = { version: tenant.version };
+      const first = await store.commands.insert(newCommand(tenant.id, { businessKey: 'checked', idempotencyKey: 'idem-checked' }), 'api:t', undefined, at);
+      expect(first).toMatchObject({ created: true, command: { state: 'queued', generation: 1 } });
+      // With a submit lease, as the service submits.
+      const leased = await store.commands.insert(newCommand(tenant.id, { businessKey: 'checked-2' }), 'api:t', { owner: 'w', now, leaseMs: 1_000 }, at);
+      expect(leased).toMatchObject({ created: true, leased: { state: 'in_flight', leaseOwner: 'w' } });
+
+      // The tenant changes (here: re-scoped; version 2): an insert checked against version 1 writes nothing, not even
+      // an idempotent replay; checked against the new version it goes through.
+      const changed = await store.tenants.update(tenant.id, { scopes: 'system/Observation.rs' });
+      expect(changed?.version).toBe(tenant.version + 1);
+      const stale = newCommand(tenant.id, { businessKey: 'checked' });
+      expect(await store.commands.insert(stale, 'api:t', undefined, at)).toEqual({ tenantChanged: true });
+      expect(await store.commands.get(stale.id)).toBeUndefined();
+      expect(await store.commands.events(stale.id)).toEqual([]);
+      const replay = newCommand(tenant.id, { businessKey: 'checked', idempotencyKey: 'idem-checked' });
+      expect(await store.commands.insert({ ...replay, payloadHash: first.command.payloadHash }, 'api:t', undefined, at)).toEqual({ tenantChanged: true });
+      expect(await store.commands.insert(stale, 'api:t', undefined, { version: changed!.version })).toMatchObject({ created: true, command: { generation: 2 } });
+
+      // Paused at the version the submitter holds: refused too; an unknown tenant likewise (no row to match).
+      const paused = await store.tenants.update(tenant.id, { state: 'auth_paused', stateReason: 'refresh token revoked' });
+      expect(await store.commands.insert(newCommand(tenant.id), 'api:t', undefined, { version: paused!.version })).toEqual({ tenantChanged: true });
+      expect(await store.commands.insert(newCommand(`missing-${uid()}`), 'api:t', undefined, { version: 1 })).toEqual({ tenantChanged: true });
+      // Without a check, the insert does not look at the tenant's state (the caller checked it).
+      expect(await store.commands.insert(newCommand(tenant.id), 'api:t')).toMatchObject({ created: true });
+      await expectCode(store.commands.insert(newCommand(tenant.id), 'api:t', undefined, { version: -1 }), 'CONFIG_INVALID');
+    });
+
     it('gives one submit lease per key when submissions of one key race', async () => {
       const tenant = await store.tenants.create(newTenant());
       const results = await Promise.all(

@@ -419,6 +419,16 @@ export interface LeasedCommand extends CommandRecord {
   readonly newerSiblingVerified: boolean;
 }
 
+/** The tenant version a submission was validated against ({@link CommandRepo.insert}). */
+export interface TenantCheck {
+  readonly version: number;
+}
+
+/** {@link CommandRepo.insert} with a {@link TenantCheck}: the tenant changed (or is gone); nothing was written. */
+export interface TenantChanged {
+  readonly tenantChanged: true;
+}
+
 /** Result of {@link CommandRepo.insert}. */
 export interface InsertResult {
   readonly command: CommandRecord;
@@ -457,6 +467,14 @@ export interface CommandRepo {
    * `IDEMPOTENCY_KEY_REUSED`. Throws `TENANT_NOT_FOUND` for an unknown tenant. Resolves only once committed.
    */
   insert(command: NewCommand, actor: string, lease?: SubmitLease): Promise<InsertResult>;
+  /**
+   * The same, only if the tenant is still `active` at `tenant.version`, checked in the insert's own statement
+   * (PostgreSQL) or transaction (SQLite): the tenant a submitter validated the command against (existence, state,
+   * scopes) is the tenant the command is accepted under. Otherwise nothing is written (not even an idempotent
+   * replay) and the answer is `{ tenantChanged: true }`: read the tenant again and validate again. Lets a submitter
+   * validate against a cached tenant without a read per submission.
+   */
+  insert(command: NewCommand, actor: string, lease: SubmitLease | undefined, tenant: TenantCheck): Promise<InsertResult | TenantChanged>;
   get(id: string): Promise<CommandRecord | undefined>;
   list(filter?: CommandFilter): Promise<CommandRecord[]>;
   /**

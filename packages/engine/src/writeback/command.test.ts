@@ -139,6 +139,42 @@ describe('submitCommand', () => {
     expect(await store.commands.list({ tenantId: 'readonly' })).toEqual([]);
   });
 
+  it('reads the tenant once, not per submission, and still sees every change another process makes', async () => {
+    await store.tenants.create({
+      id: 'cached',
+      vendor: 'generic',
+      fhirBaseUrl: 'https://ehr.example.test/fhir',
+      environment: 'sandbox',
+      authMethod: 'backend-services',
+      clientId: 'c',
+      scopes: 'system/Observation.cruds',
+      tokenEndpoint: null,
+      dataKeyWrapped: Buffer.alloc(0),
+      credentialsCiphertext: null,
+    });
+    // The submitter's view of the store counts its tenant reads; changes are made through the store directly, as
+    // another engine process or an operator would.
+    let reads = 0;
+    const view = { ...store, tenants: { ...store.tenants, get: (id: string) => (reads++, store.tenants.get(id)) } } as unknown as typeof store;
+    const submit = (key: string) => submitCommand(view, input({ tenantId: 'cached', businessKey: key }));
+    for (let i = 0; i < 3; i++) await submit(`cache:${i}`);
+    expect(reads).toBe(1);
+
+    await store.tenants.update('cached', { state: 'auth_paused', stateReason: 'refresh token revoked' });
+    await expect(submit('cache:paused')).rejects.toMatchObject({ code: 'AUTH_TENANT_PAUSED' });
+    await store.tenants.update('cached', { state: 'active', stateReason: null });
+    expect(await submit('cache:resumed')).toMatchObject({ state: 'queued', created: true });
+    await store.tenants.update('cached', { scopes: 'system/Observation.rs' });
+    await expect(submit('cache:rescoped')).rejects.toMatchObject({ code: 'EHR_SCOPE_MISSING' });
+    const stored = (await store.commands.list({ tenantId: 'cached' })).map((c) => c.businessKey).sort();
+    expect(stored).toEqual(['cache:0', 'cache:1', 'cache:2', 'cache:resumed']);
+
+    await store.tenants.update('cached', { scopes: 'system/Observation.cruds' });
+    reads = 0;
+    for (let i = 3; i < 6; i++) await submit(`cache:${i}`);
+    expect(reads).toBe(1);
+  });
+
   it('numbers generations per business key', async () => {
     const a = await submitCommand(store, input({ businessKey: 'lab:gen', action: 'upsert' }));
     const b = await submitCommand(store, input({ businessKey: 'lab:gen', action: 'upsert' }));

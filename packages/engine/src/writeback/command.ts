@@ -6,7 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import { z } from 'zod';
 import { scopesAllow, stableHash, TetherError, type ScopedInteraction, type SmartContext } from '@tether/core';
-import type { CommandAction, CommandRecord, CommandState, InsertResult, LeasedCommand, Store, SubmitLease } from '../store/index.js';
+import type { CommandAction, CommandRecord, CommandState, InsertResult, LeasedCommand, Store, SubmitLease, TenantRecord } from '../store/index.js';
 
 /**
  * Tether's identifier system for business keys. Every resource Tether writes carries
@@ -199,7 +199,9 @@ function invalid(issue: z.core.$ZodIssue | undefined): TetherError {
  *
  * Checks: the schema; `resource.resourceType` equals `resourceType`; the tenant exists (`TENANT_NOT_FOUND`) and is
  * active (`AUTH_TENANT_PAUSED`); the tenant's configured scopes cover every interaction the protocol will make
- * (`EHR_SCOPE_MISSING`, naming the scope). Then stamps the business-key identifier, computes the payload hash
+ * (`EHR_SCOPE_MISSING`, naming the scope). The tenant checks use the copy this process read last, and the insert
+ * accepts the command only if the tenant is still active at that copy's version (in the insert's own statement):
+ * one store round trip per submission, and a tenant paused or re-scoped by any process is never missed. Then stamps the business-key identifier, computes the payload hash
  * (`stableHash` of the validated input without the idempotency key) and inserts, atomically with the idempotency
  * check: same key and payload → the original (`created: false`); same key, other payload → `IDEMPOTENCY_KEY_REUSED`.
  *
@@ -213,19 +215,15 @@ export async function submitCommand(store: Store, input: CommandInput, options: 
     throw new TetherError('COMMAND_INVALID', "Invalid command: 'resource.resourceType' must equal 'resourceType'.");
   }
 
-  const tenant = await store.tenants.get(command.tenantId);
-  if (!tenant) throw new TetherError('TENANT_NOT_FOUND');
-  if (tenant.state !== 'active') throw new TetherError('AUTH_TENANT_PAUSED', undefined, { details: { tenant: tenant.id } });
-  const context = smartContextOf(command.context);
-  for (const interaction of INTERACTIONS_BY_ACTION[command.action]) {
-    const decision = scopesAllow(tenant.scopes, { resourceType: command.resourceType, interaction, context });
-    if (!decision.allowed) {
-      throw new TetherError('EHR_SCOPE_MISSING', `The tenant lacks the scope ${decision.required} that this command needs.`, {
-        details: { required: decision.required, tenant: tenant.id },
-      });
-    }
+  // The tenant as last read by this process (no read per submission); the insert below accepts the command only if
+  // the tenant is still active at that version, so a stale copy is never acted on: it is read again and the
+  // command validated again.
+  // A remembered copy that refuses the command is read again first (the tenant may have been resumed or re-scoped).
+  let tenant = knownTenant(store, command.tenantId);
+  if (tenant === undefined || tenantRefusal(tenant, command) !== undefined) {
+    tenant = await readTenant(store, command.tenantId);
+    assertTenantAllows(tenant, command);
   }
-
   const resource = stampBusinessKey(command.resource, command.businessKey);
   const { idempotencyKey, ...payload } = command;
   const row = {
@@ -249,7 +247,18 @@ export async function submitCommand(store: Store, input: CommandInput, options: 
   const lease = dispatch?.claim(command.tenantId);
   let inserted: InsertResult;
   try {
-    inserted = await store.commands.insert(row, `api:${command.requestedBy}`, lease);
+    for (let attempt = 1; ; attempt++) {
+      const outcome = await store.commands.insert(row, `api:${command.requestedBy}`, lease, { version: tenant.version });
+      if (!('tenantChanged' in outcome)) {
+        inserted = outcome;
+        break;
+      }
+      // Paused, re-scoped or removed since this process last read it: read, validate and try again. A tenant that
+      // keeps changing faster than a submission can complete is answered as unavailable (retryable).
+      if (attempt >= TENANT_CHANGE_ATTEMPTS) throw new TetherError('SERVICE_UNAVAILABLE', 'The tenant kept changing during the submission; try again.');
+      tenant = await readTenant(store, command.tenantId);
+      assertTenantAllows(tenant, command);
+    }
   } catch (err) {
     if (lease) dispatch?.adopt(undefined);
     throw err;
@@ -257,6 +266,55 @@ export async function submitCommand(store: Store, input: CommandInput, options: 
   if (lease) dispatch?.adopt(inserted.leased);
   const { command: stored, created } = inserted;
   return { id: stored.id, state: stored.state, created, generation: stored.generation };
+}
+
+/** Inserts tried by {@link submitCommand} against a tenant that changed under it before giving up. */
+const TENANT_CHANGE_ATTEMPTS = 4;
+
+/**
+ * Tenants as last read by {@link submitCommand}, per store: only a starting point, never trusted on its own (every
+ * insert checks the version in the store). Tenants are few (one per health system), so the map stays small.
+ */
+const tenantsSeen = new WeakMap<Store, Map<string, TenantRecord>>();
+
+const knownTenant = (store: Store, id: string): TenantRecord | undefined => tenantsSeen.get(store)?.get(id);
+
+/** Reads the tenant (TENANT_NOT_FOUND when there is none) and remembers it for the next submissions. */
+async function readTenant(store: Store, id: string): Promise<TenantRecord> {
+  let seen = tenantsSeen.get(store);
+  if (!seen) tenantsSeen.set(store, (seen = new Map()));
+  const tenant = await store.tenants.get(id);
+  if (!tenant) {
+    seen.delete(id);
+    throw new TetherError('TENANT_NOT_FOUND');
+  }
+  seen.set(id, tenant);
+  return tenant;
+}
+
+type TenantNeeds = { readonly action: CommandAction; readonly resourceType: string; readonly context: string };
+
+/**
+ * Why the tenant cannot take the command, or undefined: it must be active, and its configured scopes must cover
+ * every interaction the protocol will make for the command.
+ */
+function tenantRefusal(tenant: TenantRecord, command: TenantNeeds): TetherError | undefined {
+  if (tenant.state !== 'active') return new TetherError('AUTH_TENANT_PAUSED', undefined, { details: { tenant: tenant.id } });
+  const context = smartContextOf(command.context);
+  for (const interaction of INTERACTIONS_BY_ACTION[command.action]) {
+    const decision = scopesAllow(tenant.scopes, { resourceType: command.resourceType, interaction, context });
+    if (!decision.allowed) {
+      return new TetherError('EHR_SCOPE_MISSING', `The tenant lacks the scope ${decision.required} that this command needs.`, {
+        details: { required: decision.required, tenant: tenant.id },
+      });
+    }
+  }
+  return undefined;
+}
+
+function assertTenantAllows(tenant: TenantRecord, command: TenantNeeds): void {
+  const refusal = tenantRefusal(tenant, command);
+  if (refusal) throw refusal;
 }
 
 /** The parts of a command a log line or event may carry: ids and states, never the resource or the business key. */
