@@ -685,7 +685,8 @@ describe.each([sqliteBackend(), postgresBackend()])('store conformance ($kind)',
     it('inserts with a tenant check only while the tenant is active at that version, and writes nothing otherwise', async () => {
       const tenant = await store.tenants.create(newTenant());
       const at = { version: tenant.version };
-      const first = await store.commands.insert(newCommand(tenant.id, { businessKey: 'checked', idempotencyKey: 'idem-checked' }), 'api:t', undefined, at);
+      const checked = newCommand(tenant.id, { businessKey: 'checked', idempotencyKey: 'idem-checked' });
+      const first = await store.commands.insert(checked, 'api:t', undefined, at);
       expect(first).toMatchObject({ created: true, command: { state: 'queued', generation: 1 } });
       // With a submit lease, as the service submits.
       const leased = await store.commands.insert(newCommand(tenant.id, { businessKey: 'checked-2' }), 'api:t', { owner: 'w', now, leaseMs: 1_000 }, at);
@@ -700,7 +701,7 @@ describe.each([sqliteBackend(), postgresBackend()])('store conformance ($kind)',
       expect(await store.commands.get(stale.id)).toBeUndefined();
       expect(await store.commands.events(stale.id)).toEqual([]);
       const replay = newCommand(tenant.id, { businessKey: 'checked', idempotencyKey: 'idem-checked' });
-      expect(await store.commands.insert({ ...replay, payloadHash: first.command.payloadHash }, 'api:t', undefined, at)).toEqual({ tenantChanged: true });
+      expect(await store.commands.insert({ ...replay, payloadHash: checked.payloadHash }, 'api:t', undefined, at)).toEqual({ tenantChanged: true });
       expect(await store.commands.insert(stale, 'api:t', undefined, { version: changed!.version })).toMatchObject({ created: true, command: { generation: 2 } });
 
       // Paused at the version the submitter holds: refused too; an unknown tenant likewise (no row to match).
