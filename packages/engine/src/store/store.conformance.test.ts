@@ -467,12 +467,17 @@ describe.each([sqliteBackend(), postgresBackend()])('store conformance ($kind)',
       expect(await store.commands.list({ tenantId: tenant.id })).toHaveLength(1);
     });
 
-    it('lets exactly one of 10 concurrent submissions with one idempotency key create the command', async () => {
+    it.each([
+      ['without', false],
+      ['with', true],
+    ])('lets exactly one of 10 concurrent submissions with one idempotency key create the command (%s a tenant check)', async (_label, checked) => {
       const tenant = await store.tenants.create(newTenant());
       const base = newCommand(tenant.id, { idempotencyKey: 'idem-race' });
+      const insert = (cmd: NewCommand) =>
+        checked ? store.commands.insert(cmd, 'api:t', undefined, { version: tenant.version }) : store.commands.insert(cmd, 'api:t');
       // Half of them with another business key: the idempotency index, not the key lock, must decide.
       const results = await Promise.all(
-        Array.from({ length: 10 }, (_, i) => store.commands.insert({ ...base, id: `cmd-${uid()}`, businessKey: i % 2 === 0 ? base.businessKey : `k-${i}` }, 'api:t').catch((e: unknown) => e)),
+        Array.from({ length: 10 }, (_, i) => insert({ ...base, id: `cmd-${uid()}`, businessKey: i % 2 === 0 ? base.businessKey : `k-${i}` }).catch((e: unknown) => e)),
       );
       const ok = results.filter((r): r is { created: boolean; command: { id: string } } => typeof r === 'object' && r !== null && 'created' in r);
       const errors = results.filter((r) => !ok.includes(r as never));

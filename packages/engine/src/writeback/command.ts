@@ -201,9 +201,10 @@ function invalid(issue: z.core.$ZodIssue | undefined): TetherError {
  * active (`AUTH_TENANT_PAUSED`); the tenant's configured scopes cover every interaction the protocol will make
  * (`EHR_SCOPE_MISSING`, naming the scope). The tenant checks use the copy this process read last, and the insert
  * accepts the command only if the tenant is still active at that copy's version (in the insert's own statement):
- * one store round trip per submission, and a tenant paused or re-scoped by any process is never missed. Then stamps the business-key identifier, computes the payload hash
- * (`stableHash` of the validated input without the idempotency key) and inserts, atomically with the idempotency
- * check: same key and payload → the original (`created: false`); same key, other payload → `IDEMPOTENCY_KEY_REUSED`.
+ * one store round trip per submission, and a tenant paused or re-scoped by any process is never missed. Then
+ * stamps the business-key identifier, computes the payload hash (`stableHash` of the validated input without the
+ * idempotency key) and inserts, atomically with the idempotency check: same key and payload → the original
+ * (`created: false`); same key, other payload → `IDEMPOTENCY_KEY_REUSED`.
  *
  * Resolves only after the insert committed: a `queued` or `in_flight` answer is a durable promise.
  */
@@ -215,10 +216,9 @@ export async function submitCommand(store: Store, input: CommandInput, options: 
     throw new TetherError('COMMAND_INVALID', "Invalid command: 'resource.resourceType' must equal 'resourceType'.");
   }
 
-  // The tenant as last read by this process (no read per submission); the insert below accepts the command only if
-  // the tenant is still active at that version, so a stale copy is never acted on: it is read again and the
-  // command validated again.
-  // A remembered copy that refuses the command is read again first (the tenant may have been resumed or re-scoped).
+  // The tenant as last read by this process (no read per submission). The insert below accepts the command only if
+  // the tenant is still active at that version, so a stale copy is never acted on. A remembered copy that refuses
+  // the command is read again before refusing (the tenant may have been resumed or re-scoped since).
   let tenant = knownTenant(store, command.tenantId);
   if (tenant === undefined || tenantRefusal(tenant, command) !== undefined) {
     tenant = await readTenant(store, command.tenantId);
